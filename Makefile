@@ -1,0 +1,35 @@
+# Every target does its own set-up on a fresh machine: a .venv with the pinned
+# CPU build of torch first (an unpinned torch would pull the CUDA build), then
+# this package with its dev extras.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/broden build --out broden-sample.zarr
+	$(BIN)/broden info broden-sample.zarr
+	$(BIN)/broden validate broden-sample.zarr
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check broden adapters dissect tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python bench/build.py
+
+clean:
+	rm -rf broden-sample.zarr broden-sample.zarr.build demo-out .pytest_cache

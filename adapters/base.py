@@ -1,0 +1,196 @@
+"""The adapter contract: what every concept source yields to the build.
+
+An adapter reads one public dataset in its own on-disk format and knows nothing
+of Zarr or of the merged vocabulary. It declares the categories it supplies and
+their kind (``pixel``: a label per pixel; ``image``: whole-image labels), its
+local label ids with their names (:meth:`Adapter.vocabulary`), and gives random
+access to :class:`SourceSample` records so the build can shard the work.
+
+Errors: :class:`SourceError` for a source that cannot be used at all (missing
+folder, wrong layout; raised before any work), :class:`SampleError` for one bad
+sample (corrupt image, size mismatch, unknown label id), which the build skips
+and lists with its reason.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+#: The Broden hierarchy, lowest level first. Categories outside it (a user's own)
+#: sort after these, alphabetically.
+CATEGORY_ORDER: tuple[str, ...] = ("color", "texture", "material", "part", "object", "scene")
+
+Kind = Literal["pixel", "image"]
+
+
+class SourceError(Exception):
+    """A source directory or configuration that cannot be used (raised before any work)."""
+
+
+class SampleError(Exception):
+    """One sample that cannot be read correctly; the build skips it and lists the reason."""
+
+
+def category_sort_key(name: str) -> tuple[int, str]:
+    """Sort key putting categories in hierarchy order, unknown ones last by name."""
+    try:
+        return (CATEGORY_ORDER.index(name), name)
+    except ValueError:
+        return (len(CATEGORY_ORDER), name)
+
+
+@dataclass(frozen=True)
+class PartOf:
+    """``pixels`` pixels of local label ``part`` (category ``part_category``) belong to an
+    instance of local label ``parent`` (category ``parent_category``) in one sample."""
+
+    part_category: str
+    part: int
+    parent_category: str
+    parent: int
+    pixels: int
+
+
+@dataclass
+class SourceSample:
+    """One image of a source with all its labels, at the source's own resolution.
+
+    ``pixel[c]`` is a (K, H, W) integer array of local label ids of category ``c``
+    (0 = unlabeled; K > 1 where labels of one category overlap, dominant layer
+    first). ``image_labels[c]`` lists whole-image local ids, dominant first.
+    """
+
+    source_id: str
+    image: np.ndarray
+    pixel: dict[str, np.ndarray] = field(default_factory=dict)
+    image_labels: dict[str, list[int]] = field(default_factory=dict)
+    part_of: list[PartOf] = field(default_factory=list)
+
+    def validate(self) -> None:
+        """Raise :class:`SampleError` if arrays disagree in size or type."""
+        im = self.image
+        if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+            raise SampleError(f"image must be H×W×3 uint8, got {im.shape} {im.dtype}")
+        h, w = im.shape[:2]
+        for cat, arr in self.pixel.items():
+            if arr.ndim != 3:
+                raise SampleError(f"{cat} label map must be K×H×W, got shape {arr.shape}")
+            if arr.shape[1:] != (h, w):
+                raise SampleError(
+                    f"{cat} label map is {arr.shape[2]}×{arr.shape[1]} (W×H) but the image is "
+                    f"{w}×{h}"
+                )
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise SampleError(f"{cat} label map has non-integer dtype {arr.dtype}")
+
+
+class AdapterOptions(BaseModel):
+    """Config keys of a source entry, besides ``adapter``, ``name`` and ``categories``.
+
+    Most adapters need just ``root``; adapters with several folders (``pascal``)
+    subclass this with their own fields.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: Path
+
+
+class Adapter(abc.ABC):
+    """Base class of all concept sources. Subclasses set the class attributes and
+    implement :meth:`vocabulary`, :meth:`__len__`, :meth:`source_id` and :meth:`load`."""
+
+    #: registry name used in configs (``adapter: ade20k``) and default source name
+    name: ClassVar[str]
+    #: categories this adapter can supply, with their kind
+    kinds: ClassVar[dict[str, Kind]]
+    #: the options model validating the config entry
+    Options: ClassVar[type[AdapterOptions]] = AdapterOptions
+    #: the manifest file in ``data_manifests/`` (without ``.yaml``), if any
+    manifest_name: ClassVar[str | None] = None
+
+    def __init__(self, options: AdapterOptions, categories: Sequence[str] | None = None):
+        self.options = options
+        if categories is None:
+            self.categories: tuple[str, ...] = tuple(self.kinds)
+        else:
+            unknown = [c for c in categories if c not in self.kinds]
+            if unknown:
+                raise SourceError(
+                    f"adapter {self.name!r} does not supply categories {unknown}; "
+                    f"it supplies {sorted(self.kinds)}"
+                )
+            self.categories = tuple(c for c in self.kinds if c in categories)
+
+    @classmethod
+    def from_config(
+        cls, options: dict[str, Any], categories: Sequence[str] | None = None
+    ) -> Adapter:
+        """Validate a config entry's keys against :attr:`Options` and construct."""
+        try:
+            opts = cls.Options.model_validate(options)
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '(entry)'}: {err['msg']}"
+                for err in e.errors()
+            )
+            raise SourceError(f"source {cls.name!r}: invalid config: {problems}") from None
+        return cls(opts, categories)
+
+    # -- duties ---------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Verify the source folder against its manifest; raise :class:`SourceError` naming
+        what is missing or wrong. The default checks the manifest's expected layout."""
+        if self.manifest_name is not None:
+            from adapters.manifest import load_manifest
+
+            load_manifest(self.manifest_name).check_layout(self.options.root)
+
+    @abc.abstractmethod
+    def vocabulary(self) -> dict[str, dict[int, list[str]]]:
+        """For each supplied category, local label id (> 0) → names, preferred first."""
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """Number of samples."""
+
+    @abc.abstractmethod
+    def source_id(self, index: int) -> str:
+        """Stable id of sample ``index`` (its path relative to the source root, or its id)."""
+
+    @abc.abstractmethod
+    def load(self, index: int) -> SourceSample:
+        """Read sample ``index``; raise :class:`SampleError` if it cannot be read correctly."""
+
+    # -- description ----------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance recorded in the store: version, license, citation, manifest checksum."""
+        info: dict[str, Any] = {"adapter": self.name, "categories": list(self.categories)}
+        if self.manifest_name is not None:
+            from adapters.manifest import load_manifest
+
+            m = load_manifest(self.manifest_name)
+            info.update(
+                title=m.title,
+                version=self.release_version(),
+                license=m.license,
+                citation=m.citation,
+                manifest_sha256=m.sha256,
+            )
+        return info
+
+    def release_version(self) -> str | None:
+        """The release this folder holds, when the adapter can tell."""
+        return None
+
+    def kind(self, category: str) -> Kind:
+        return self.kinds[category]

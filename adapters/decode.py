@@ -1,0 +1,116 @@
+"""Decoding source files into arrays, with errors that name the file and the problem.
+
+OpenCV decodes fastest but silently returns a half-grey picture for a truncated
+JPEG, so :func:`read_image` first checks the JPEG end-of-image marker and asks
+Pillow, which raises on truncation, whenever the marker is absent. EXIF
+orientation is ignored: annotations are drawn on the stored pixel grid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from adapters.base import SampleError
+
+_COLOR_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SampleError(f"{path}: file is missing") from None
+    except OSError as e:
+        raise SampleError(f"{path}: cannot read ({e.strerror})") from None
+    if not data:
+        raise SampleError(f"{path}: file is empty")
+    return data
+
+
+def _jpeg_is_complete(data: bytes) -> bool:
+    # Entropy-coded data never holds FF D9 (FF is always stuffed), so a complete
+    # file ends with the EOI marker, possibly followed by padding.
+    return data.rstrip(b"\x00\r\n ")[-2:] == b"\xff\xd9"
+
+
+def _pillow_rgb(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"))
+    except UnidentifiedImageError:
+        raise SampleError(f"{path}: not an image file") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise SampleError(f"{path}: corrupt image ({e})") from None
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read a photo as H×W×3 uint8 RGB (grey and CMYK images converted)."""
+    data = _read_bytes(path)
+    if data[:2] == b"\xff\xd8" and not _jpeg_is_complete(data):
+        return _pillow_rgb(path)  # decides: raises on truncation, else decodes
+    im = cv2.imdecode(np.frombuffer(data, np.uint8), _COLOR_FLAGS)
+    if im is None:
+        return _pillow_rgb(path)  # formats OpenCV lacks; raises with Pillow's reason
+    return cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
+
+
+def read_png(path: Path) -> np.ndarray:
+    """Read a label PNG unchanged: H×W (grey or palette indices) or H×W×3 RGB, uint8/uint16.
+
+    Palette PNGs keep their indices (read with Pillow); RGBA loses alpha.
+    """
+    data = _read_bytes(path)
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise SampleError(f"{path}: not a PNG file")
+    if _png_color_type(data) == 3:  # palette: the indices are the labels
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                im.load()
+                return np.asarray(im)
+        except (OSError, SyntaxError, ValueError) as e:
+            raise SampleError(f"{path}: corrupt PNG ({e})") from None
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise SampleError(f"{path}: corrupt or truncated PNG")
+    if arr.ndim == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return arr
+
+
+def _png_color_type(data: bytes) -> int:
+    # IHDR is the first chunk: 8-byte signature, 4 length, 4 type, 13 data bytes;
+    # colour type is data byte 9.
+    return data[25] if len(data) > 25 else -1
+
+
+def read_png_rgb(path: Path) -> np.ndarray:
+    """Read an RGB-encoded label PNG as H×W×3 uint8 (fails on grey or 16-bit files)."""
+    arr = read_png(path)
+    if arr.ndim != 3 or arr.dtype != np.uint8:
+        raise SampleError(
+            f"{path}: expected an 8-bit RGB PNG, got shape {arr.shape} dtype {arr.dtype}"
+        )
+    return arr
+
+
+def load_mat(path: Path, **kwargs: Any) -> dict[str, Any]:
+    """Load a MATLAB .mat file (v5/v7); v7.3 (HDF5) files get a clear error."""
+    import scipy.io
+
+    if not path.exists():
+        raise SampleError(f"{path}: file is missing")
+    try:
+        return scipy.io.loadmat(path, **kwargs)
+    except NotImplementedError:
+        raise SampleError(f"{path}: MATLAB v7.3 (HDF5) files are not supported") from None
+    except (ValueError, TypeError, OSError, EOFError) as e:
+        raise SampleError(f"{path}: not a readable .mat file ({e})") from None

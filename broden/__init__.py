@@ -1,0 +1,27 @@
+"""broden: build the Broden densely labeled concept dataset and read it back.
+
+Public API::
+
+    from broden import load_config, build, open_store, validate_store
+    summary = build(load_config("configs/broden1.yaml"), "broden1_224.zarr", workers=8)
+    store = open_store("broden1_224.zarr")
+    sample = store.sample(0)          # image, pixel labels, image labels, source, split
+"""
+
+from broden.build import BuildError, BuildSummary, build
+from broden.config import BuildConfig, ConfigError, load_config, parse_config
+from broden.store import BrodenStore, StoreError, open_store, validate_store
+
+__all__ = [
+    "BrodenStore",
+    "BuildConfig",
+    "BuildError",
+    "BuildSummary",
+    "ConfigError",
+    "StoreError",
+    "build",
+    "load_config",
+    "open_store",
+    "parse_config",
+    "validate_store",
+]

@@ -1,0 +1,174 @@
+"""The ``broden`` command line: thin typer wrappers over the library functions.
+
+Every failure a user can cause (a bad config, a missing source folder, a damaged
+store, an unknown layer) ends with one readable message on stderr and exit status
+2; ``broden validate`` exits 1 when it finds problems.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Build the Broden concept dataset from public sources and dissect networks against it.",
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _user_errors(fn: F) -> F:
+    """Turn the errors a user can cause into one message and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from adapters import SourceError
+        from broden.build import BuildError
+        from broden.config import ConfigError
+        from broden.store import StoreError
+
+        errors: tuple[type[BaseException], ...] = (SourceError, BuildError, ConfigError, StoreError)
+        try:
+            from dissect.errors import DissectError
+
+            errors += (DissectError,)
+        except ImportError:
+            pass
+        try:
+            return fn(*args, **kwargs)
+        except errors as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+StoreArg = Annotated[Path, typer.Argument(help="path of a broden store (a .zarr folder)")]
+
+
+@app.command()
+@_user_errors
+def build(
+    config: Annotated[
+        Path | None,
+        typer.Argument(help="build config (YAML or TOML); default: the bundled sample sources"),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="store to write")] = Path(
+        "broden-sample.zarr"
+    ),
+    workers: Annotated[int, typer.Option("--workers", "-j", min=1, help="worker processes")] = 1,
+    strict: Annotated[
+        bool, typer.Option(help="fail on the first unreadable sample instead of skipping it")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="delete an existing store first")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Build a store from the sources of CONFIG (resumes an interrupted build of OUT)."""
+    from broden.build import build as run_build
+    from broden.config import load_config, sample_config_path
+
+    cfg = load_config(config if config is not None else sample_config_path())
+    summary = run_build(
+        cfg, out, workers=workers, strict=strict, overwrite=overwrite, progress=not quiet
+    )
+    typer.echo(summary.format())
+
+
+@app.command()
+@_user_errors
+def info(
+    store: StoreArg,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Summarise a store: sizes, sources, concepts per category, completion."""
+    from broden.inspect import format_info, store_info
+    from broden.store import open_store
+
+    data = store_info(open_store(store, require_complete=False))
+    typer.echo(json.dumps(data, indent=2) if as_json else format_info(data))
+
+
+@app.command()
+@_user_errors
+def concepts(
+    store: StoreArg,
+    category: Annotated[str | None, typer.Option(help="only concepts of this category")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    tree: Annotated[
+        bool, typer.Option("--tree", help="the hierarchy: levels, parts under their objects")
+    ] = False,
+) -> None:
+    """List the concept table of a store."""
+    from broden.inspect import concept_records, format_concepts, format_tree
+    from broden.store import open_store
+
+    s = open_store(store)
+    if category is not None and category not in [c.name for c in s.categories]:
+        raise typer.BadParameter(
+            f"no category {category!r}; the store has {[c.name for c in s.categories]}"
+        )
+    if tree:
+        typer.echo(format_tree(s))
+        return
+    records = concept_records(s, category)
+    typer.echo(json.dumps(records, indent=2) if as_json else format_concepts(records))
+
+
+@app.command()
+@_user_errors
+def validate(
+    store: StoreArg,
+    quick: Annotated[
+        bool, typer.Option(help="metadata and array shapes only, without reading the data")
+    ] = False,
+) -> None:
+    """Check a store: schema, completion, shard digests, label ids. Exit 1 on problems."""
+    from broden.store import validate_store
+
+    problems = validate_store(store, check_data=not quick)
+    if problems:
+        typer.echo(f"{store}: {len(problems)} problem(s):", err=True)
+        for p in problems:
+            typer.echo(f"  - {p}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{store}: valid")
+
+
+@app.command()
+@_user_errors
+def adapters() -> None:
+    """List the installed source adapters and the categories they supply."""
+    from adapters import available_adapters, get_adapter_class
+
+    for name, target in available_adapters().items():
+        cls = get_adapter_class(name)
+        kinds = ", ".join(f"{c} ({k})" for c, k in cls.kinds.items())
+        typer.echo(f"{name:<22} {kinds:<48} {target}")
+
+
+@app.command("config-schema")
+def config_schema() -> None:
+    """Print the JSON Schema of build configs."""
+    from broden.config import BuildConfig
+
+    typer.echo(json.dumps(BuildConfig.model_json_schema(), indent=2))
+
+
+def main() -> None:
+    app(prog_name="broden")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

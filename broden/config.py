@@ -1,0 +1,197 @@
+"""Build configuration: the pydantic models behind a ``broden build`` config file.
+
+A config is YAML or TOML with the same keys::
+
+    image_size: 224            # label maps are image_size // 2
+    min_frequency: 10          # keep a name seen in at least this many images ...
+    min_coverage: 0.5          # ... covering at least this many image-equivalents of pixels
+    colors: true               # the 11 color names on every pixel of every image
+    sources:
+      - adapter: ade20k
+        root: /data/ADE20K_2021_17_01
+        categories: [object, part, scene]   # optional: default is all the adapter supplies
+      - adapter: dtd
+        root: /data/dtd
+
+Relative paths in a source entry are resolved against the config file's folder.
+Field descriptions here are the reference documentation (``broden config-schema``
+prints the JSON Schema).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from adapters import Adapter, SourceError, get_adapter_class
+
+
+class ConfigError(Exception):
+    """A config file that cannot be read or does not validate."""
+
+
+class SourceConfig(BaseModel):
+    """One source: an adapter, its folder(s), and the categories to take from it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    adapter: str = Field(description="registered adapter name (see `broden adapters`)")
+    name: str | None = Field(
+        None,
+        description="source name recorded per image (meta/source); default: the adapter name",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+    )
+    categories: list[str] | None = Field(
+        None, description="categories to take; default: all the adapter supplies"
+    )
+
+    @property
+    def source_name(self) -> str:
+        return self.name or self.adapter
+
+    def adapter_options(self) -> dict[str, Any]:
+        """The adapter-specific keys (``root``, ``images``, ...)."""
+        return dict(self.model_extra or {})
+
+    def make_adapter(self) -> Adapter:
+        """Construct the adapter, validating its keys against the adapter's options model."""
+        cls = get_adapter_class(self.adapter)
+        adapter = cls.from_config(self.adapter_options(), self.categories)
+        return adapter
+
+
+class BuildConfig(BaseModel):
+    """Everything that determines a store's content."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_size: int = Field(224, ge=8, le=4096, description="images are resized to S×S")
+    min_frequency: int = Field(
+        10, ge=0, description="keep a concept name seen in at least this many images ..."
+    )
+    min_coverage: float = Field(
+        0.5, ge=0, description="... and covering at least this many image-equivalents of pixels"
+    )
+    colors: bool = Field(True, description="label every pixel of every image with its color name")
+    suffixes: dict[str, str] = Field(
+        default_factory=lambda: {"scene": "-s", "color": "-c"},
+        description="suffix appended to the names of a category (Broden: scene -s, color -c)",
+    )
+    splits: dict[str, float] = Field(
+        default_factory=lambda: {"train": 0.7, "val": 0.3},
+        description="split fractions, assigned by the md5 hash of source/filename (Broden's rule)",
+    )
+    synonyms: bool = Field(True, description="apply Broden's synonym and blacklist tables")
+    shard_size: int = Field(256, ge=1, description="images per shard of the store's arrays")
+    task_size: int = Field(
+        32, ge=1, description="samples per parallel build task (the unit of resumption)"
+    )
+    sources: list[SourceConfig] = Field(min_length=1)
+
+    @property
+    def label_size(self) -> int:
+        return self.image_size // 2
+
+    @field_validator("splits")
+    @classmethod
+    def _splits_sum_to_one(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v or any(f < 0 for f in v.values()) or abs(sum(v.values()) - 1.0) > 1e-9:
+            raise ValueError(f"split fractions must be non-negative and sum to 1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> BuildConfig:
+        names = [s.source_name for s in self.sources]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(
+                f"source names {dup} are used twice; give the sources distinct `name:` keys"
+            )
+        return self
+
+
+def _path_fields(adapter_name: str) -> set[str]:
+    """Option names the adapter types as paths (resolved against the config's folder)."""
+    try:
+        cls = get_adapter_class(adapter_name)
+    except SourceError:
+        return set()  # reported when the adapter is constructed
+    return {name for name, f in cls.Options.model_fields.items() if "Path" in str(f.annotation)}
+
+
+def _resolve_paths(entry: dict[str, Any], base: Path) -> dict[str, Any]:
+    out = dict(entry)
+    for key in _path_fields(str(entry.get("adapter", ""))):
+        value = entry.get(key)
+        if isinstance(value, str):
+            p = Path(value).expanduser()
+            out[key] = str(p if p.is_absolute() else (base / p))
+    return out
+
+
+def parse_config(
+    data: dict[str, Any], base: Path | None = None, origin: str = "config"
+) -> BuildConfig:
+    """Validate a config mapping; relative source paths resolve against ``base``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping of keys, got {type(data).__name__}")
+    if base is not None and isinstance(data.get("sources"), list):
+        data = dict(data)
+        data["sources"] = [
+            _resolve_paths(s, base) if isinstance(s, dict) else s for s in data["sources"]
+        ]
+    try:
+        return BuildConfig.model_validate(data)
+    except ValidationError as e:
+        problems = "\n".join(
+            f"  {'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise ConfigError(f"{origin}: invalid build config:\n{problems}") from None
+
+
+def load_config(path: Path) -> BuildConfig:
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) build config."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text.decode("utf-8"))
+        else:
+            data = yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot parse: {e}") from None
+    return parse_config(data, base=path.resolve().parent, origin=str(path))
+
+
+def make_adapters(config: BuildConfig) -> list[tuple[str, Adapter]]:
+    """(source name, adapter) for every source, each checked against its manifest.
+
+    Raises :class:`adapters.SourceError` naming the first source that is unusable.
+    """
+    out = []
+    for src in config.sources:
+        adapter = src.make_adapter()
+        try:
+            adapter.check()
+        except SourceError as e:
+            raise SourceError(f"source {src.source_name!r}: {e}") from None
+        out.append((src.source_name, adapter))
+    return out
+
+
+def sample_config_path() -> Path:
+    """The bundled sample config (``samples/broden-sample.yaml`` of a repository clone)."""
+    path = Path(__file__).resolve().parent.parent / "samples" / "broden-sample.yaml"
+    if not path.exists():
+        raise ConfigError(
+            "the bundled sample data lives in the samples/ folder of a clone of the broden "
+            "repository, and is not installed with the package; pass a config file instead"
+        )
+    return path

@@ -1,0 +1,112 @@
+"""The store's metadata (format version 1), as pydantic models.
+
+These are the JSON documents in the root group's attributes: ``broden`` (format,
+sizes, categories, sources, provenance, completion, build report) and
+``concepts`` (the concept table). Reading them back through these models is what
+makes a damaged or foreign store fail with a clear message.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FORMAT_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CategoryStat(_Model):
+    """How often a concept occurs within one category."""
+
+    name: str
+    frequency: int = Field(description="images in which the concept has a label of this category")
+    coverage: float = Field(description="summed fraction of those images' pixels it covers")
+
+
+class PartOfEdge(_Model):
+    """``pixels`` pixels of this part concept lie on instances of concept ``id``."""
+
+    id: int
+    pixels: int
+
+
+class Concept(_Model):
+    """One row of the concept table. Ids are 1..C, by descending frequency; 0 = no label."""
+
+    id: int = Field(ge=1)
+    name: str
+    category: str = Field(description="primary category: the one with the largest coverage")
+    categories: list[CategoryStat] = Field(description="every category, by descending frequency")
+    frequency: int
+    coverage: float
+    synonyms: list[str] = []
+    sources: list[str] = []
+    part_of: list[PartOfEdge] = []
+
+
+class CategorySpec(_Model):
+    """A category of the store: where its labels live and how many layers it has."""
+
+    name: str
+    kind: Literal["pixel", "image"]
+    layers: int = Field(description="K: label layers (pixel) or label slots per image (image)")
+
+
+class SourceInfo(_Model):
+    """Provenance of one source."""
+
+    name: str
+    adapter: str
+    categories: list[str]
+    images: int = 0
+    skipped: int = 0
+    title: str | None = None
+    version: str | None = None
+    license: str | None = None
+    citation: str | None = None
+    manifest_sha256: str | None = None
+    options: dict[str, Any] = {}
+
+
+class SkippedSample(_Model):
+    source: str
+    source_id: str
+    reason: str
+
+
+class DroppedLabel(_Model):
+    """A merged name under the thresholds: its pixels became 0."""
+
+    name: str
+    frequency: int
+    coverage: float
+    categories: list[str]
+
+
+class BuildReport(_Model):
+    skipped: list[SkippedSample] = []
+    dropped: list[DroppedLabel] = []
+    seconds: float = 0.0
+    workers: int = 1
+
+
+class StoreAttrs(_Model):
+    """The ``broden`` attribute of a store's root group."""
+
+    format_version: int = FORMAT_VERSION
+    complete: bool = False
+    images: int
+    image_size: int
+    label_size: int
+    shard_size: int
+    categories: list[CategorySpec]
+    sources: list[SourceInfo]
+    build_config: dict[str, Any]
+    build_fingerprint: str = Field(description="hash of the config and the sources' sample lists")
+    package_version: str
+    created: str
+    build_report: BuildReport = BuildReport()
