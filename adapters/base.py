@@ -91,6 +91,20 @@ class SourceSample:
                 raise SampleError(f"{cat} label map has non-integer dtype {arr.dtype}")
 
 
+@dataclass
+class Prebuilt:
+    """A release that is already a merged dataset (legacy Broden): its images are
+    ``image_size``² and its pixel maps ``label_size``², its label ids are the release's
+    concept numbers, and ``concepts`` is its concept table (dicts with the keys of
+    ``broden.schema.Concept``: id, name, category, categories [{name, frequency,
+    coverage}], frequency, coverage, synonyms). The build keeps these numbers and names
+    instead of merging, and refuses a config ``image_size`` other than ``image_size``."""
+
+    image_size: int
+    label_size: int
+    concepts: list[dict[str, Any]]
+
+
 class AdapterOptions(BaseModel):
     """Config keys of a source entry, besides ``adapter``, ``name`` and ``categories``.
 
@@ -190,6 +204,12 @@ class Adapter(abc.ABC):
 
     def release_version(self) -> str | None:
         """The release this folder holds, when the adapter can tell."""
+        return None
+
+    def prebuilt(self) -> Prebuilt | None:
+        """For a release that is already a merged dataset (see :class:`Prebuilt`): its sizes
+        and concept table. Its samples then carry images at ``image_size``, pixel maps at
+        ``label_size`` and concept numbers as label ids. None for ordinary sources."""
         return None
 
     def kind(self, category: str) -> Kind:

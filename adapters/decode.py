@@ -47,7 +47,7 @@ def _pillow_rgb(path: Path) -> np.ndarray:
     except UnidentifiedImageError:
         raise SampleError(f"{path}: not an image file") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise SampleError(f"{path}: corrupt image ({e})") from None
+        raise SampleError(f"{path}: truncated or corrupt image ({e})") from None
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -43,7 +43,7 @@ import zarr
 from tqdm import tqdm
 from zarr.codecs import ZstdCodec
 
-from adapters import Adapter, SampleError, SourceError, category_sort_key
+from adapters import Adapter, Prebuilt, SampleError, SourceError, SourceSample, category_sort_key
 from adapters.colors import color_counts, color_labels, color_vocabulary
 from broden.config import BuildConfig, make_adapters
 from broden.imaging import label_grid, resize_image, sample_labels
@@ -51,6 +51,7 @@ from broden.schema import (
     FORMAT_VERSION,
     BuildReport,
     CategorySpec,
+    Concept,
     SkippedSample,
     SourceInfo,
     StoreAttrs,
@@ -59,6 +60,14 @@ from broden.store import CONCEPTS_ATTR, DIGESTS_ATTR, STORE_ATTR, Block, create_
 from broden.vocabulary import Key, KeyStats, Synonyms, Unified, key_names, unify
 
 COLOR = "color"
+#: Coverage is accumulated in integer units of 2**-40 image, so that its sums are exact and
+#: do not depend on how samples are grouped into tasks (float addition is not associative).
+COVERAGE_UNIT = 2**40
+
+
+def coverage_units(pixels: int, area: int) -> int:
+    """A fraction ``pixels / area`` of an image in integer coverage units (rounded down)."""
+    return (int(pixels) * COVERAGE_UNIT) // int(area)
 
 
 class BuildError(Exception):
@@ -110,19 +119,21 @@ class Plan:
     tasks: list[tuple[int, int]]  # [start, stop) into candidates
     fingerprint: str
     vocabularies: dict[str, dict[str, dict[int, list[str]]]]  # source -> cat -> id -> names
+    prebuilt: Prebuilt | None = None  # a merged release whose numbering is kept (legacy)
 
 
 def make_plan(config: BuildConfig, adapters: list[tuple[str, Adapter]] | None = None) -> Plan:
     """Check every source, read its vocabulary and list all samples (before any work)."""
     if adapters is None:
         adapters = make_adapters(config)
+    prebuilt = _check_prebuilt(config, adapters)
     sources, vocabs, candidates = [], {}, []
     kinds_seen: dict[str, tuple[str, str]] = {}
     id_hash = hashlib.sha256()
     for si, (name, adapter) in enumerate(adapters):
         vocab = adapter.vocabulary()
         kinds = {c: adapter.kind(c) for c in adapter.categories}
-        if config.colors:
+        if config.colors and prebuilt is None:
             vocab = {**vocab, COLOR: color_vocabulary()}
             kinds[COLOR] = "pixel"
         for cat, kind in kinds.items():
@@ -154,7 +165,40 @@ def make_plan(config: BuildConfig, adapters: list[tuple[str, Adapter]] | None = 
     doc = {"format": FORMAT_VERSION, "config": config.model_dump(mode="json")}
     fp = hashlib.sha256(json.dumps(doc, sort_keys=True).encode())
     fp.update(id_hash.digest())
-    return Plan(config, sources, candidates, tasks, fp.hexdigest()[:20], vocabs)
+    return Plan(config, sources, candidates, tasks, fp.hexdigest()[:20], vocabs, prebuilt)
+
+
+def _check_prebuilt(config: BuildConfig, adapters: list[tuple[str, Adapter]]) -> Prebuilt | None:
+    """A prebuilt release (legacy Broden) keeps its numbering: it must be the only source,
+    at its own size, with the colors it already holds."""
+    found = [(name, a, a.prebuilt()) for name, a in adapters]
+    pre = [(name, a, p) for name, a, p in found if p is not None]
+    if not pre:
+        return None
+    name, adapter, p = pre[0]
+    assert p is not None
+    if len(adapters) > 1:
+        raise SourceError(
+            f"source {name!r} ({adapter.name}) is an already merged release whose concept "
+            "numbers are kept; it must be the only source of its config"
+        )
+    if config.image_size != p.image_size:
+        raise SourceError(
+            f"source {name!r} holds {p.image_size}×{p.image_size} images with "
+            f"{p.label_size}×{p.label_size} labels; the config asks for image_size "
+            f"{config.image_size}. Set image_size: {p.image_size} (a release is imported at "
+            "its own size)"
+        )
+    if config.label_size != p.label_size:
+        raise SourceError(
+            f"source {name!r} has {p.label_size}×{p.label_size} labels, not image_size // 2 = "
+            f"{config.label_size}"
+        )
+    if config.colors:
+        raise SourceError(
+            f"source {name!r} already holds its color labels; set colors: false in the config"
+        )
+    return p
 
 
 # -- phase 1: prepare ----------------------------------------------------------------------
@@ -170,20 +214,31 @@ class Prepared:
     image: np.ndarray  # (S, S, 3)
     pixel: dict[str, np.ndarray]  # cat -> (K, L, L) local ids
     image_labels: dict[str, list[int]]
-    stats: dict[tuple[str, int], tuple[int, float]]  # (cat, local id) -> (1, coverage)
+    stats: dict[tuple[str, int], int]  # (cat, local id) -> coverage units in this image
     part_of: dict[tuple[str, int, str, int], int]
 
 
-def prepare_sample(src: Source, index: int, image_size: int, label_size: int) -> Prepared:
-    """Read one sample and reduce it to what the store needs; raise SampleError if bad."""
+def prepare_sample(
+    src: Source, index: int, image_size: int, label_size: int, prebuilt: bool = False
+) -> Prepared:
+    """Read one sample and reduce it to what the store needs; raise SampleError if bad.
+
+    ``prebuilt``: the sample is already at store size (image S×S, pixel maps L×L): it is
+    checked and taken as is.
+    """
     adapter = src.adapter
     sample = adapter.load(index)
-    sample.validate()
     image = sample.image
-    H, W = image.shape[:2]
-    area = float(H * W)
-    rows, cols = label_grid((H, W), label_size)
-    stats: dict[tuple[str, int], tuple[int, float]] = {}
+    if prebuilt:
+        _check_store_size(sample, image_size, label_size)
+        H, W = label_size, label_size  # statistics at the release's label resolution
+        rows = cols = np.arange(label_size)
+    else:
+        sample.validate()
+        H, W = image.shape[:2]
+        rows, cols = label_grid((H, W), label_size)
+    area = H * W
+    stats: dict[tuple[str, int], int] = {}
     pixel: dict[str, np.ndarray] = {}
     for cat, arr in sample.pixel.items():
         if cat not in src.kinds or cat == COLOR or arr.shape[0] == 0:
@@ -202,7 +257,7 @@ def prepare_sample(src: Source, index: int, image_size: int, label_size: int) ->
                 "vocabulary"
             )
         for i in ids:
-            stats[(cat, int(i))] = (1, counts[i] / area)
+            stats[(cat, int(i))] = coverage_units(counts[i], area)
         pixel[cat] = sample_labels(arr, rows, cols).astype(np.uint16)
     image_labels: dict[str, list[int]] = {}
     for cat, ids_list in sample.image_labels.items():
@@ -221,11 +276,11 @@ def prepare_sample(src: Source, index: int, image_size: int, label_size: int) ->
         if ids:
             image_labels[cat] = ids
             for i in ids:
-                stats[(cat, i)] = (1, 1.0)
+                stats[(cat, i)] = COVERAGE_UNIT
     if COLOR in src.kinds:
         counts = color_counts(image)
         for i in np.flatnonzero(counts):
-            stats[(COLOR, int(i))] = (1, counts[i] / area)
+            stats[(COLOR, int(i))] = coverage_units(counts[i], area)
         pixel[COLOR] = color_labels(image, rows, cols)[None]
     part_of: dict[tuple[str, int, str, int], int] = defaultdict(int)
     for e in sample.part_of:
@@ -234,13 +289,28 @@ def prepare_sample(src: Source, index: int, image_size: int, label_size: int) ->
     return Prepared(
         source=src.name,
         source_id=sample.source_id,
-        orig_size=(H, W),
-        image=resize_image(image, image_size),
+        orig_size=image.shape[:2],
+        image=image if prebuilt else resize_image(image, image_size),
         pixel=pixel,
         image_labels=image_labels,
         stats=stats,
         part_of=dict(part_of),
     )
+
+
+def _check_store_size(sample: SourceSample, image_size: int, label_size: int) -> None:
+    im = sample.image
+    if im.shape != (image_size, image_size, 3) or im.dtype != np.uint8:
+        raise SampleError(
+            f"{sample.source_id}: image is {im.shape} {im.dtype}, expected "
+            f"({image_size}, {image_size}, 3) uint8 like the rest of the release"
+        )
+    for cat, arr in sample.pixel.items():
+        if arr.ndim != 3 or arr.shape[1:] != (label_size, label_size):
+            raise SampleError(
+                f"{sample.source_id}: {cat} labels are {arr.shape[-2:]}, expected "
+                f"{label_size}×{label_size} like the rest of the release"
+            )
 
 
 # Worker state: set once per process by _init_worker (or directly when in-process).
@@ -272,12 +342,12 @@ def run_prepare_task(task: int) -> dict[str, Any]:
     start, stop = plan.tasks[task]
     samples: list[dict[str, Any]] = []
     prepared: list[Prepared] = []
-    stats: dict[tuple[str, str, int], list[float]] = {}
+    stats: dict[tuple[str, str, int], list[int]] = {}
     part_of: dict[tuple[str, str, int, str, int], int] = defaultdict(int)
     for si, index in plan.candidates[start:stop]:
         src = plan.sources[si]
         try:
-            p = prepare_sample(src, index, S, L)
+            p = prepare_sample(src, index, S, L, prebuilt=plan.prebuilt is not None)
         except Exception as e:  # listed as a skip; --strict turns it into a failure
             reason = str(e) if isinstance(e, SampleError) else f"{type(e).__name__}: {e}"
             samples.append(
@@ -294,10 +364,10 @@ def run_prepare_task(task: int) -> dict[str, Any]:
             }
         )
         prepared.append(p)
-        for (cat, i), (f, c) in p.stats.items():
-            acc = stats.setdefault((p.source, cat, i), [0, 0.0])
-            acc[0] += f
-            acc[1] += c
+        for (cat, i), units in p.stats.items():
+            acc = stats.setdefault((p.source, cat, i), [0, 0])
+            acc[0] += 1
+            acc[1] += units
         for (pc, pi, oc, oi), px in p.part_of.items():
             part_of[(p.source, pc, pi, oc, oi)] += px
 
@@ -623,20 +693,25 @@ def _unify(plan: Plan, records: dict[int, dict[str, Any]]) -> tuple[Unified, Lay
     part_of: dict[tuple[Key, Key], int] = defaultdict(int)
     for t in sorted(records):
         rec = records[t]
-        for s, c, i, f, cov in rec["stats"]:
-            stats[(s, c, i)].add(KeyStats(f, cov))
+        for s, c, i, f, units in rec["stats"]:
+            stats[(s, c, i)].add(KeyStats(f, units))
         for s, pc, pi, oc, oi, px in rec["part_of"]:
             part_of[((s, pc, pi), (s, oc, oi))] += px
-    syn = Synonyms.broden() if cfg.synonyms else None
-    name_cache: dict[Key, list[str]] = {}
+    for st in stats.values():
+        st.coverage = st.coverage / COVERAGE_UNIT
+    if plan.prebuilt is not None:
+        unified = _keep_numbering(plan.prebuilt, stats)
+    else:
+        syn = Synonyms.broden() if cfg.synonyms else None
+        name_cache: dict[Key, list[str]] = {}
 
-    def names_of(key: Key) -> list[str]:
-        if key not in name_cache:
-            raw = plan.vocabularies[key[0]].get(key[1], {}).get(key[2], [])
-            name_cache[key] = key_names(raw, key[1], cfg.suffixes, syn)
-        return name_cache[key]
+        def names_of(key: Key) -> list[str]:
+            if key not in name_cache:
+                raw = plan.vocabularies[key[0]].get(key[1], {}).get(key[2], [])
+                name_cache[key] = key_names(raw, key[1], cfg.suffixes, syn)
+            return name_cache[key]
 
-    unified = unify(stats, names_of, cfg.min_frequency, cfg.min_coverage, part_of)
+        unified = unify(stats, names_of, cfg.min_frequency, cfg.min_coverage, part_of)
 
     rows, meta, skipped = [], [], []
     layers: dict[str, int] = defaultdict(int)
@@ -682,6 +757,19 @@ def _unify(plan: Plan, records: dict[int, dict[str, Any]]) -> tuple[Unified, Lay
     shard = min(cfg.shard_size, n)
     report = BuildReport(skipped=skipped, dropped=unified.dropped)
     return unified, Layout(n, shard, categories, rows, meta, luts), report
+
+
+def _keep_numbering(prebuilt: Prebuilt, stats: dict[Key, KeyStats]) -> Unified:
+    """A prebuilt release's own concept table: every label id is its concept number."""
+    try:
+        concepts = [Concept.model_validate(c) for c in prebuilt.concepts]
+    except ValueError as e:
+        raise BuildError(f"the release's concept table is malformed: {e}") from None
+    ids = [c.id for c in concepts]
+    if ids != list(range(1, len(ids) + 1)):
+        raise BuildError("the release's concept numbers are not 1..C without gaps")
+    assignment = {key: (key[2] if key[2] <= len(ids) else 0) for key in stats}
+    return Unified(concepts, assignment, {k: concepts[k[2] - 1].name for k in stats if k[2]})
 
 
 def _store_attrs(plan: Plan, layout: Layout, report: BuildReport, complete: bool) -> StoreAttrs:

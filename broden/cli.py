@@ -26,7 +26,7 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _user_errors(fn: F) -> F:
+def user_errors(fn: F) -> F:
     """Turn the errors a user can cause into one message and exit status 2."""
 
     @functools.wraps(fn)
@@ -59,7 +59,7 @@ StoreArg = Annotated[Path, typer.Argument(help="path of a broden store (a .zarr 
 
 
 @app.command()
-@_user_errors
+@user_errors
 def build(
     config: Annotated[
         Path | None,
@@ -87,7 +87,7 @@ def build(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def info(
     store: StoreArg,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
@@ -101,7 +101,7 @@ def info(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def concepts(
     store: StoreArg,
     category: Annotated[str | None, typer.Option(help="only concepts of this category")] = None,
@@ -127,7 +127,7 @@ def concepts(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def validate(
     store: StoreArg,
     quick: Annotated[
@@ -147,7 +147,7 @@ def validate(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def adapters() -> None:
     """List the installed source adapters and the categories they supply."""
     from adapters import available_adapters, get_adapter_class
@@ -164,6 +164,19 @@ def config_schema() -> None:
     from broden.config import BuildConfig
 
     typer.echo(json.dumps(BuildConfig.model_json_schema(), indent=2))
+
+
+def _register_plugins() -> None:
+    """Commands that live in other packages (``dissect``): each registers itself on ``app``.
+    Their modules import only typer at load time; torch is imported when a command runs."""
+    try:
+        from dissect.cli import register
+    except ImportError:
+        return
+    register(app)
+
+
+_register_plugins()
 
 
 def main() -> None:

@@ -99,7 +99,7 @@ def main(out: Path, per_class: int = 4) -> None:
             Image.fromarray(render(name, rng)).save(out / "images" / rel, quality=90)
             labels = [name] + ([EXTRA[(name, k)]] if (name, k) in EXTRA else [])
             joint.append(f"{rel} {' '.join(labels)}")
-            parts[("train1", "val1", "test1", "train1")[k - 1]].append(rel)
+            parts[("train1", "val1", "test1", "train1")[(k - 1) % 4]].append(rel)
     (out / "labels" / "labels_joint_anno.txt").write_text("\n".join(joint) + "\n")
     for split, rels in parts.items():
         (out / "labels" / f"{split}.txt").write_text("\n".join(rels) + "\n")
