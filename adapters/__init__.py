@@ -17,6 +17,7 @@ from adapters.base import (
     Kind,
     PartOf,
     Prebuilt,
+    RootOptions,
     SampleError,
     SourceError,
     SourceSample,
@@ -31,6 +32,7 @@ __all__ = [
     "Kind",
     "PartOf",
     "Prebuilt",
+    "RootOptions",
     "SampleError",
     "SourceError",
     "SourceSample",
@@ -42,7 +44,13 @@ __all__ = [
 #: name → "module:Class" of the adapters shipped with broden
 BUILTIN: dict[str, str] = {
     "ade20k": "adapters.ade20k:ADE20K",
+    "broden_legacy": "adapters.broden_legacy:BrodenLegacy",
     "dtd": "adapters.dtd:DTD",
+    "pascal": "adapters.pascal:Pascal",
+    "opensurfaces": "adapters.opensurfaces:OpenSurfaces",
+    "ade20k_sceneparsing": "adapters.ade20k_sceneparsing:ADE20KSceneParsing",
+    "coco": "adapters.coco:COCO",
+    "folder": "adapters.folder:Folder",
 }
 
 ENTRY_POINT_GROUP = "broden.adapters"

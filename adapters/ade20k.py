@@ -49,6 +49,7 @@ import pickle
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -58,8 +59,8 @@ from tqdm import tqdm
 
 from adapters.base import (
     Adapter,
-    AdapterOptions,
     PartOf,
+    RootOptions,
     SampleError,
     SourceError,
     SourceSample,
@@ -68,7 +69,7 @@ from adapters.decode import load_mat, read_image, read_png_rgb
 from adapters.manifest import file_sha256, load_manifest
 
 
-class ADE20KOptions(AdapterOptions):
+class ADE20KOptions(RootOptions):
     index_sha256: str | None = Field(
         None,
         description="sha256 of index_ade20k.pkl that you trust; without it the pickle is "
@@ -131,12 +132,9 @@ class ADE20K(Adapter):
 
     # -- index ----------------------------------------------------------------------------
 
+    @cached_property
     def _index(self) -> _Index:
-        cached: _Index | None = getattr(self, "_index_cache", None)
-        if cached is None:
-            cached = self._build_index()
-            self._index_cache = cached
-        return cached
+        return self._build_index()
 
     def _build_index(self) -> _Index:
         root = self.options.root
@@ -253,13 +251,13 @@ class ADE20K(Adapter):
     # -- adapter duties -------------------------------------------------------------------
 
     def check(self) -> None:
-        self._index()
+        _ = self._index  # building the index reads and checks the source
 
     def release_version(self) -> str | None:
-        return self._index().version
+        return self._index.version
 
     def vocabulary(self) -> dict[str, dict[int, list[str]]]:
-        index = self._index()
+        index = self._index
         vocab: dict[str, dict[int, list[str]]] = {}
         for cat in ("object", "part"):
             if cat in self.categories:
@@ -269,20 +267,17 @@ class ADE20K(Adapter):
         return vocab
 
     def __len__(self) -> int:
-        return len(self._index().entries)
+        return len(self._index.entries)
 
     def source_id(self, index: int) -> str:
-        return self._index().entries[index].rel
+        return self._index.entries[index].rel
 
+    @cached_property
     def _scene_ids(self) -> dict[str, int]:
-        ids = getattr(self, "_scene_id_cache", None)
-        if ids is None:
-            ids = {s: i + 1 for i, s in enumerate(self._index().scenes)}
-            self._scene_id_cache = ids
-        return ids
+        return {s: i + 1 for i, s in enumerate(self._index.scenes)}
 
     def load(self, index: int) -> SourceSample:
-        idx = self._index()
+        idx = self._index
         entry = idx.entries[index]
         if entry.error:
             raise SampleError(entry.error)
@@ -326,7 +321,7 @@ class ADE20K(Adapter):
                     raise SampleError(str(error))
                 sample.part_of = _part_of_from_json(maps, ann)
         if "scene" in self.categories and entry.scene:
-            sample.image_labels["scene"] = [self._scene_ids()[entry.scene]]
+            sample.image_labels["scene"] = [self._scene_ids[entry.scene]]
         return sample
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -103,16 +104,22 @@ class Prebuilt:
     image_size: int
     label_size: int
     concepts: list[dict[str, Any]]
+    #: source_id → split as the release assigned it (kept instead of Broden's md5 rule)
+    splits: dict[str, str] | None = None
 
 
 class AdapterOptions(BaseModel):
     """Config keys of a source entry, besides ``adapter``, ``name`` and ``categories``.
 
-    Most adapters need just ``root``; adapters with several folders (``pascal``)
-    subclass this with their own fields.
+    Adapters with several folders (``pascal``, ``coco``) subclass this with their own
+    fields; most use :class:`RootOptions`. Unknown keys are an error.
     """
 
     model_config = ConfigDict(extra="forbid")
+
+
+class RootOptions(AdapterOptions):
+    """The options of a source that lives in one folder."""
 
     root: Path
 
@@ -126,22 +133,40 @@ class Adapter(abc.ABC):
     #: categories this adapter can supply, with their kind
     kinds: ClassVar[dict[str, Kind]]
     #: the options model validating the config entry
-    Options: ClassVar[type[AdapterOptions]] = AdapterOptions
+    Options: ClassVar[type[AdapterOptions]] = RootOptions
     #: the manifest file in ``data_manifests/`` (without ``.yaml``), if any
     manifest_name: ClassVar[str | None] = None
 
     def __init__(self, options: AdapterOptions, categories: Sequence[str] | None = None):
         self.options = options
-        if categories is None:
-            self.categories: tuple[str, ...] = tuple(self.kinds)
-        else:
-            unknown = [c for c in categories if c not in self.kinds]
-            if unknown:
-                raise SourceError(
-                    f"adapter {self.name!r} does not supply categories {unknown}; "
-                    f"it supplies {sorted(self.kinds)}"
-                )
-            self.categories = tuple(c for c in self.kinds if c in categories)
+        self._requested = None if categories is None else tuple(categories)
+        if type(self).supplied_kinds is Adapter.supplied_kinds:
+            self.categories  # noqa: B018 - fixed kinds: check the request right away
+
+    def supplied_kinds(self) -> dict[str, Kind]:
+        """The categories this source supplies, with their kind. Fixed per class
+        (:attr:`kinds`) by default; adapters whose categories depend on the config or on
+        the data (``coco``, ``folder``, ``broden_legacy``) override this."""
+        return dict(self.kinds)
+
+    @cached_property
+    def categories(self) -> tuple[str, ...]:
+        """The categories taken from this source: all it supplies, or the configured subset
+        (in the adapter's order)."""
+        kinds = self.supplied_kinds()
+        if self._requested is None:
+            return tuple(kinds)
+        unknown = [c for c in self._requested if c not in kinds]
+        if unknown:
+            raise SourceError(
+                f"adapter {self.name!r} does not supply categories {unknown}; "
+                f"{self.supplies_text()} {list(kinds)}"
+            )
+        return tuple(c for c in kinds if c in self._requested)
+
+    def supplies_text(self) -> str:
+        """How an error about unknown categories introduces the supplied ones."""
+        return "it supplies"
 
     @classmethod
     def from_config(
@@ -163,10 +188,11 @@ class Adapter(abc.ABC):
     def check(self) -> None:
         """Verify the source folder against its manifest; raise :class:`SourceError` naming
         what is missing or wrong. The default checks the manifest's expected layout."""
-        if self.manifest_name is not None:
+        root = getattr(self.options, "root", None)
+        if self.manifest_name is not None and root is not None:
             from adapters.manifest import load_manifest
 
-            load_manifest(self.manifest_name).check_layout(self.options.root)
+            load_manifest(self.manifest_name).check_layout(root)
 
     @abc.abstractmethod
     def vocabulary(self) -> dict[str, dict[int, list[str]]]:
@@ -213,4 +239,4 @@ class Adapter(abc.ABC):
         return None
 
     def kind(self, category: str) -> Kind:
-        return self.kinds[category]
+        return self.supplied_kinds()[category]

@@ -15,7 +15,9 @@ Samples follow the file's line order.
 
 from __future__ import annotations
 
-from adapters.base import Adapter, SampleError, SourceError, SourceSample
+from functools import cached_property
+
+from adapters.base import Adapter, RootOptions, SampleError, SourceError, SourceSample
 from adapters.decode import read_image
 
 
@@ -25,11 +27,10 @@ class DTD(Adapter):
     name = "dtd"
     kinds = {"texture": "image"}
     manifest_name = "dtd"
+    options: RootOptions
 
+    @cached_property
     def _entries(self) -> list[tuple[str, list[str]]]:
-        cached = getattr(self, "_cache", None)
-        if cached is not None:
-            return cached
         path = self.options.root / "labels" / "labels_joint_anno.txt"
         try:
             text = path.read_text(encoding="utf-8")
@@ -54,34 +55,30 @@ class DTD(Adapter):
             entries.append((rel, labels))
         if not entries:
             raise SourceError(f"DTD: {path} lists no images")
-        self._cache = entries
         return entries
 
     def check(self) -> None:
         super().check()
-        self._entries()
+        _ = self._entries  # reading the listing checks it
 
     def vocabulary(self) -> dict[str, dict[int, list[str]]]:
-        names = sorted({lab for _, labels in self._entries() for lab in labels})
+        names = sorted({lab for _, labels in self._entries for lab in labels})
         return {"texture": {i + 1: [n] for i, n in enumerate(names)}}
 
+    @cached_property
     def _ids(self) -> dict[str, int]:
-        ids = getattr(self, "_id_cache", None)
-        if ids is None:
-            ids = {names[0]: i for i, names in self.vocabulary()["texture"].items()}
-            self._id_cache = ids
-        return ids
+        return {names[0]: i for i, names in self.vocabulary()["texture"].items()}
 
     def __len__(self) -> int:
-        return len(self._entries())
+        return len(self._entries)
 
     def source_id(self, index: int) -> str:
-        return self._entries()[index][0]
+        return self._entries[index][0]
 
     def load(self, index: int) -> SourceSample:
-        rel, labels = self._entries()[index]
+        rel, labels = self._entries[index]
         image = read_image(self.options.root / "images" / rel)
-        ids = self._ids()
+        ids = self._ids
         texture = list(dict.fromkeys(ids[lab] for lab in labels))  # dominant first, no repeats
         if not texture and labels:
             raise SampleError(f"{rel}: no usable texture labels")

@@ -43,7 +43,15 @@ import zarr
 from tqdm import tqdm
 from zarr.codecs import ZstdCodec
 
-from adapters import Adapter, Prebuilt, SampleError, SourceError, SourceSample, category_sort_key
+from adapters import (
+    Adapter,
+    Kind,
+    Prebuilt,
+    SampleError,
+    SourceError,
+    SourceSample,
+    category_sort_key,
+)
 from adapters.colors import color_counts, color_labels, color_vocabulary
 from broden.config import BuildConfig, make_adapters
 from broden.imaging import label_grid, resize_image, sample_labels
@@ -107,7 +115,7 @@ class Source:
 
     name: str
     adapter: Adapter
-    kinds: dict[str, str]  # category -> pixel/image (colors included when on)
+    kinds: dict[str, Kind]  # category -> pixel/image (colors included when on)
     known: dict[str, np.ndarray]  # category -> bool lookup of valid local ids
 
 
@@ -127,7 +135,9 @@ def make_plan(config: BuildConfig, adapters: list[tuple[str, Adapter]] | None = 
     if adapters is None:
         adapters = make_adapters(config)
     prebuilt = _check_prebuilt(config, adapters)
-    sources, vocabs, candidates = [], {}, []
+    sources: list[Source] = []
+    vocabs: dict[str, dict[str, dict[int, list[str]]]] = {}
+    candidates: list[tuple[int, int]] = []
     kinds_seen: dict[str, tuple[str, str]] = {}
     id_hash = hashlib.sha256()
     for si, (name, adapter) in enumerate(adapters):
@@ -241,7 +251,7 @@ def prepare_sample(
     stats: dict[tuple[str, int], int] = {}
     pixel: dict[str, np.ndarray] = {}
     for cat, arr in sample.pixel.items():
-        if cat not in src.kinds or cat == COLOR or arr.shape[0] == 0:
+        if cat not in src.kinds or (cat == COLOR and not prebuilt) or arr.shape[0] == 0:
             continue
         if src.kinds[cat] != "pixel":
             raise SampleError(f"{sample.source_id}: {cat} is a whole-image category")
@@ -265,19 +275,19 @@ def prepare_sample(
             continue
         if src.kinds[cat] != "image":
             raise SampleError(f"{sample.source_id}: {cat} is a per-pixel category")
-        ids = list(dict.fromkeys(int(i) for i in ids_list if int(i) != 0))
+        wanted = list(dict.fromkeys(int(i) for i in ids_list if int(i) != 0))
         known = src.known.get(cat, np.zeros(1, bool))
-        unknown = [i for i in ids if i < 0 or i >= len(known) or not known[i]]
+        unknown = [i for i in wanted if i < 0 or i >= len(known) or not known[i]]
         if unknown:
             raise SampleError(
                 f"{sample.source_id}: {cat} label ids {unknown[:5]} are not in the source's "
                 "vocabulary"
             )
-        if ids:
-            image_labels[cat] = ids
-            for i in ids:
-                stats[(cat, i)] = COVERAGE_UNIT
-    if COLOR in src.kinds:
+        if wanted:
+            image_labels[cat] = wanted
+            for label in wanted:
+                stats[(cat, label)] = COVERAGE_UNIT
+    if COLOR in src.kinds and not prebuilt:
         counts = color_counts(image)
         for i in np.flatnonzero(counts):
             stats[(COLOR, int(i))] = coverage_units(counts[i], area)
@@ -412,6 +422,12 @@ class Layout:
     luts: dict[tuple[str, str], np.ndarray]  # (source, category) -> local id -> concept id
 
 
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    arr = group[name]
+    assert isinstance(arr, zarr.Array), name
+    return arr
+
+
 def run_write_task(shard: int, layout: Layout) -> dict[str, str]:
     """Assemble and write one store shard; record its digests."""
     plan: Plan = _STATE["plan"]
@@ -443,13 +459,13 @@ def run_write_task(shard: int, layout: Layout) -> dict[str, str]:
         g = task_group(t)
         rs = [r for r, _ in items]
         ps = [p for _, p in items]
-        imgs = np.asarray(g["images"][:])
+        imgs = np.asarray(_array(g, "images")[:])
         blk.images[rs] = imgs[ps]
         for c in layout.categories:
             name = f"pixel/{c.name}"
             if c.kind != "pixel" or name not in g:
                 continue
-            local = np.asarray(g[name][:])[ps]
+            local = np.asarray(_array(g, name)[:])[ps]
             for r, row_local in zip(rs, local, strict=True):
                 lut = layout.luts.get((layout.meta[start + r]["source"], c.name))
                 if lut is not None:
@@ -535,7 +551,7 @@ def _run_parallel(
     args: Iterable[tuple[Any, ...]],
     workers: int,
     pool: ProcessPoolExecutor | None,
-    on_done: Callable[[Any, tuple[Any, ...]], None],
+    on_done: Callable[[Any, tuple[Any, ...]], object],
 ) -> None:
     arglist = list(args)
     if pool is None:
@@ -735,7 +751,11 @@ def _unify(plan: Plan, records: dict[int, dict[str, Any]]) -> tuple[Unified, Lay
             rows.append((t, pos))
             pos += 1
             smp = dict(smp)
-            smp["split"] = split_of(smp["source"], smp["source_id"], cfg.splits)
+            release_splits = plan.prebuilt.splits if plan.prebuilt is not None else None
+            if release_splits is not None and smp["source_id"] in release_splits:
+                smp["split"] = release_splits[smp["source_id"]]
+            else:
+                smp["split"] = split_of(smp["source"], smp["source_id"], cfg.splits)
             # whole-image labels that survive the thresholds decide the slot count
             for cat, ids in smp["image_labels"].items():
                 lut = luts.get((smp["source"], cat))
@@ -844,7 +864,8 @@ def _finalize(out: Path, staging: Path, attrs: StoreAttrs, layout: Layout) -> No
 def _summary_from_attrs(out: Path, attrs: StoreAttrs, seconds: float) -> BuildSummary:
     g = zarr.open_group(str(out), mode="r")
     concepts: dict[str, int] = defaultdict(int)
-    for c in g.attrs.get(CONCEPTS_ATTR, []):
+    table: list[dict[str, Any]] = list(g.attrs.get(CONCEPTS_ATTR) or [])  # type: ignore[arg-type]
+    for c in table:
         concepts[c["category"]] += 1
     ordered = dict(sorted(concepts.items(), key=lambda kv: category_sort_key(kv[0])))
     return BuildSummary(

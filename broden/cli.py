@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -154,8 +153,28 @@ def adapters() -> None:
 
     for name, target in available_adapters().items():
         cls = get_adapter_class(name)
-        kinds = ", ".join(f"{c} ({k})" for c, k in cls.kinds.items())
+        kinds = ", ".join(f"{c} ({k})" for c, k in cls.kinds.items()) or "(set by config)"
         typer.echo(f"{name:<22} {kinds:<48} {target}")
+
+
+@app.command("export-legacy")
+@user_errors
+def export_legacy(
+    store: StoreArg,
+    out_dir: Annotated[
+        Path, typer.Argument(help="folder to write the broden1 layout into (new or empty)")
+    ],
+    jpeg_quality: Annotated[
+        int, typer.Option("--jpeg-quality", min=1, max=100, help="JPEG quality of the images")
+    ] = 95,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Write STORE in the released Broden layout (index.csv, label.csv, category.csv,
+    c_*.csv, images and R+256·G label PNGs), the layout NetDissect(-Lite) loaders read."""
+    from broden.legacy import export_legacy as run_export
+
+    summary = run_export(store, out_dir, jpeg_quality=jpeg_quality, progress=not quiet)
+    typer.echo(summary.format())
 
 
 @app.command("config-schema")
@@ -184,4 +203,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -177,8 +177,8 @@ def make_adapters(config: BuildConfig) -> list[tuple[str, Adapter]]:
     """
     out = []
     for src in config.sources:
-        adapter = src.make_adapter()
         try:
+            adapter = src.make_adapter()
             adapter.check()
         except SourceError as e:
             raise SourceError(f"source {src.source_name!r}: {e}") from None

@@ -25,6 +25,11 @@ class CategoryStat(_Model):
     name: str
     frequency: int = Field(description="images in which the concept has a label of this category")
     coverage: float = Field(description="summed fraction of those images' pixels it covers")
+    code: int | None = Field(
+        default=None,
+        description="the dense per-category code of an imported legacy release (its c_<cat>.csv "
+        "row), kept so that an export reproduces the release's order of ties",
+    )
 
 
 class PartOfEdge(_Model):

@@ -39,6 +39,7 @@ from zarr.codecs import ZstdCodec
 
 from adapters import category_sort_key
 from broden.schema import FORMAT_VERSION, CategorySpec, Concept, StoreAttrs
+from broden.shards import ShardedRowReader
 
 STORE_ATTR = "broden"
 CONCEPTS_ATTR = "concepts"
@@ -215,7 +216,8 @@ class BrodenStore:
                 "running); run the same `broden build` command again to resume it"
             )
         try:
-            self.concepts = [Concept.model_validate(c) for c in group.attrs.get(CONCEPTS_ATTR, [])]
+            table: list[Any] = list(group.attrs.get(CONCEPTS_ATTR) or [])  # type: ignore[arg-type]
+            self.concepts = [Concept.model_validate(c) for c in table]
         except ValidationError as e:
             raise StoreError(
                 f"{self.path}: damaged concept table: {e.errors()[0]['msg']}"
@@ -226,7 +228,8 @@ class BrodenStore:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_group"] = None
-        state.pop("_arrays", None)
+        for cache in ("_arrays", "_rows", "_small"):
+            state.pop(cache, None)
         return state
 
     @property
@@ -289,6 +292,26 @@ class BrodenStore:
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
+    def _row_reader(self, name: str) -> ShardedRowReader | None:
+        """The spec-level fast reader of a sharded array (None: read through zarr)."""
+        cache: dict[str, ShardedRowReader | None] = self.__dict__.setdefault("_rows", {})
+        if name not in cache:
+            cache[name] = ShardedRowReader.for_array(self.path / name)
+        return cache[name]
+
+    def _row(self, name: str, index: int) -> np.ndarray:
+        reader = self._row_reader(name)
+        if reader is not None:
+            return reader.read(index)
+        return np.asarray(self.array(name)[index])
+
+    def _whole(self, name: str) -> np.ndarray:
+        """A small array (whole-image labels, metadata) read once and kept in memory."""
+        cache: dict[str, np.ndarray] = self.__dict__.setdefault("_small", {})
+        if name not in cache:
+            cache[name] = np.asarray(self.array(name)[:])
+        return cache[name]
+
     def array_names(self) -> list[str]:
         names = ["images"]
         for c in self.categories:
@@ -299,50 +322,62 @@ class BrodenStore:
 
     def image(self, index: int) -> np.ndarray:
         """Image ``index``: (S, S, 3) uint8 RGB."""
-        return np.asarray(self.array("images")[index])
+        self._check_index(index)
+        return self._row("images", index)
 
     def labels(self, index: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(pixel labels: category → (K, L, L), image labels: category → (K,)) of one image."""
+        self._check_index(index)
         pixel, image = {}, {}
         for c in self.categories:
             if c.kind == "pixel":
-                pixel[c.name] = np.asarray(self.array(f"pixel/{c.name}")[index])
+                pixel[c.name] = self._row(f"pixel/{c.name}", index)
             else:
-                image[c.name] = np.asarray(self.array(f"image/{c.name}")[index])
+                image[c.name] = self._whole(f"image/{c.name}")[index]
         return pixel, image
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < len(self):
+            raise IndexError(f"image index {index} out of range 0..{len(self) - 1}")
+
+    def meta(self, name: str) -> np.ndarray:
+        """A whole metadata array (``source``, ``source_id``, ``split``, ``orig_size``)."""
+        return self._whole(f"meta/{name}")
 
     def sample(self, index: int) -> StoreSample:
         """Image ``index`` with all its label layers and metadata."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"image index {index} out of range 0..{len(self) - 1}")
         pixel, image = self.labels(index)
         return StoreSample(
             index=index,
             image=self.image(index),
             pixel=pixel,
             image_labels=image,
-            source=str(self.array("meta/source")[index]),
-            source_id=str(self.array("meta/source_id")[index]),
-            split=str(self.array("meta/split")[index]),
+            source=str(self.meta("source")[index]),
+            source_id=str(self.meta("source_id")[index]),
+            split=str(self.meta("split")[index]),
         )
 
     def read_block(self, start: int, stop: int, images: bool = True) -> Block:
-        """Rows ``[start, stop)`` of every array (fast when shard-aligned)."""
+        """Rows ``[start, stop)`` of every array (``images=False``: labels and metadata only)."""
         stop = min(stop, len(self))
+
+        def rows(name: str) -> np.ndarray:
+            if self._row_reader(name) is None:
+                return np.asarray(self.array(name)[start:stop])
+            return np.stack([self._row(name, i) for i in range(start, stop)])
+
         blk = Block(
-            images=np.asarray(self.array("images")[start:stop])
-            if images
-            else np.zeros((stop - start, 0, 0, 3), np.uint8)
+            images=rows("images") if images else np.zeros((stop - start, 0, 0, 3), np.uint8)
         )
         for c in self.categories:
             if c.kind == "pixel":
-                blk.pixel[c.name] = np.asarray(self.array(f"pixel/{c.name}")[start:stop])
+                blk.pixel[c.name] = rows(f"pixel/{c.name}")
             else:
-                blk.image_labels[c.name] = np.asarray(self.array(f"image/{c.name}")[start:stop])
-        blk.source = [str(s) for s in self.array("meta/source")[start:stop]]
-        blk.source_id = [str(s) for s in self.array("meta/source_id")[start:stop]]
-        blk.split = [str(s) for s in self.array("meta/split")[start:stop]]
-        blk.orig_size = np.asarray(self.array("meta/orig_size")[start:stop])
+                blk.image_labels[c.name] = self._whole(f"image/{c.name}")[start:stop]
+        blk.source = [str(s) for s in self.meta("source")[start:stop]]
+        blk.source_id = [str(s) for s in self.meta("source_id")[start:stop]]
+        blk.split = [str(s) for s in self.meta("split")[start:stop]]
+        blk.orig_size = self.meta("orig_size")[start:stop]
         return blk
 
     def shards(self) -> Iterator[tuple[int, int]]:
@@ -394,9 +429,9 @@ def validate_store(path: str | Path, check_data: bool = True) -> list[str]:
     for c in store.concepts:
         if c.category not in cat_names:
             problems.append(f"concept {c.id} ({c.name}) has unknown category {c.category!r}")
-        for e in c.part_of:
-            if not 1 <= e.id <= C:
-                problems.append(f"concept {c.id} ({c.name}) is part_of unknown concept {e.id}")
+        for edge in c.part_of:
+            if not 1 <= edge.id <= C:
+                problems.append(f"concept {c.id} ({c.name}) is part_of unknown concept {edge.id}")
 
     N, S, L = a.images, a.image_size, a.label_size
     expected: dict[str, tuple[tuple[int, ...], str]] = {"images": ((N, S, S, 3), "uint8")}
@@ -475,8 +510,8 @@ def validate_store(path: str | Path, check_data: bool = True) -> list[str]:
     if "meta/source_id" in present and "meta/source" in present:
         pairs = list(
             zip(
-                (str(s) for s in present["meta/source"][:]),
-                (str(s) for s in present["meta/source_id"][:]),
+                (str(s) for s in np.asarray(present["meta/source"][:])),
+                (str(s) for s in np.asarray(present["meta/source_id"][:])),
                 strict=True,
             )
         )

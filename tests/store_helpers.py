@@ -36,7 +36,9 @@ def write_store(
         label_size=image_size // 2,
         shard_size=shard,
         categories=categories,
-        sources=[{"name": "synthetic", "adapter": "test", "categories": [c.name for c in categories]}],
+        sources=[
+            {"name": "synthetic", "adapter": "test", "categories": [c.name for c in categories]}
+        ],
         build_config={"splits": {"train": 0.7, "val": 0.3}},
         build_fingerprint="test",
         package_version="test",

@@ -282,7 +282,9 @@ def test_seg_of_another_size_is_a_sample_error(ade_copy: Path) -> None:
     seg = next(ade_copy.rglob("ADE_train_00016900_seg.png"))
     Image.open(seg).resize((1100, 825), Image.Resampling.NEAREST).save(seg)
     adapter = ADE20K.from_config({"root": str(ade_copy)})
-    with pytest.raises(SampleError, match=r"_seg\.png: mask is 1100×825 but the image .* 2200×1650"):
+    with pytest.raises(
+        SampleError, match=r"_seg\.png: mask is 1100×825 but the image .* 2200×1650"
+    ):
         adapter.load(1)
 
 

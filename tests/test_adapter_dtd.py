@@ -48,5 +48,7 @@ def test_malformed_annotation_file_is_a_source_error(dtd_copy: Path) -> None:
 
 def test_missing_annotation_file_is_a_source_error(dtd_copy: Path) -> None:
     (dtd_copy / "labels" / "labels_joint_anno.txt").unlink()
-    with pytest.raises(SourceError, match=r"(?s)does not look like a known release.*dtd-r1\.0\.1\.tar\.gz"):
+    with pytest.raises(
+        SourceError, match=r"(?s)does not look like a known release.*dtd-r1\.0\.1\.tar\.gz"
+    ):
         DTD.from_config({"root": str(dtd_copy)}).check()

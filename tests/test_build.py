@@ -139,7 +139,9 @@ def test_labels_under_the_thresholds_become_zero(tmp_path: Path) -> None:
     umbrella = classes[np.ix_(rows, cols)] == 2901
     assert umbrella.any()
     objects = store.sample(1).pixel["object"][0]
-    assert (objects[umbrella] == 0).all() and (objects[~umbrella & (classes[np.ix_(rows, cols)] > 0)] > 0).any()
+    assert (objects[umbrella] == 0).all() and (
+        objects[~umbrella & (classes[np.ix_(rows, cols)] > 0)] > 0
+    ).any()
 
 
 # -- bad input -----------------------------------------------------------------------------
@@ -149,7 +151,11 @@ def test_bad_samples_are_skipped_and_listed(dtd_copy: Path, tmp_path: Path) -> N
     bad = dtd_copy / "images" / "grid" / "grid_0002.jpg"
     bad.write_bytes(bad.read_bytes()[:600])  # truncated JPEG
     (dtd_copy / "images" / "striped" / "striped_0003.jpg").unlink()  # listed, missing
-    cfg = {"min_frequency": 1, "min_coverage": 0, "sources": [{"adapter": "dtd", "root": str(dtd_copy)}]}
+    cfg = {
+        "min_frequency": 1,
+        "min_coverage": 0,
+        "sources": [{"adapter": "dtd", "root": str(dtd_copy)}],
+    }
     out = tmp_path / "skips.zarr"
     summary = build(parse_config(cfg), out, progress=False)
     assert summary.images == 22
@@ -173,7 +179,11 @@ def test_strict_build_fails_on_the_first_bad_sample(dtd_copy: Path, tmp_path: Pa
 def test_a_mask_of_the_wrong_size_is_skipped_not_resized(ade_copy: Path, tmp_path: Path) -> None:
     seg = next(ade_copy.rglob("ADE_train_00016900_seg.png"))
     Image.open(seg).resize((512, 384), Image.Resampling.NEAREST).save(seg)
-    cfg = {"min_frequency": 1, "min_coverage": 0, "sources": [{"adapter": "ade20k", "root": str(ade_copy)}]}
+    cfg = {
+        "min_frequency": 1,
+        "min_coverage": 0,
+        "sources": [{"adapter": "ade20k", "root": str(ade_copy)}],
+    }
     summary = build(parse_config(cfg), tmp_path / "s.zarr", progress=False)
     assert summary.images == 1
     assert "mask is 512×384" in summary.skipped[0].reason

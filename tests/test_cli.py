@@ -36,7 +36,9 @@ def test_concepts_json_contract(sample_store_path: Path) -> None:
     wheel = by_name["wheel"]
     assert wheel["category"] == "part"
     assert wheel["part_of"] == [{"id": by_name["car"]["id"], "pixels": 2292}]
-    texture = runner.invoke(app, ["concepts", str(sample_store_path), "--category", "texture", "--json"])
+    texture = runner.invoke(
+        app, ["concepts", str(sample_store_path), "--category", "texture", "--json"]
+    )
     assert {r["name"] for r in json.loads(texture.stdout)} == {
         "banded", "grid", "chequered", "dotted", "striped", "zigzagged", "polka-dotted",
     }  # fmt: skip
@@ -74,7 +76,9 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     cfg.write_text("sources:\n  - adapter: dtd\n    root: /no/such/dtd\n")
     result = runner.invoke(app, ["build", str(cfg), "--out", str(tmp_path / "o.zarr"), "-q"])
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: source 'dtd': Describable Textures Dataset (DTD): folder")
+    assert result.stderr.startswith(
+        "error: source 'dtd': Describable Textures Dataset (DTD): folder"
+    )
     assert "Traceback" not in result.output
 
 

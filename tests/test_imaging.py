@@ -33,7 +33,10 @@ def test_sample_labels_takes_every_layer_at_the_grid() -> None:
     labels = np.stack([np.arange(12).reshape(3, 4), 100 + np.arange(12).reshape(3, 4)])
     rows, cols = label_grid((3, 4), 2)
     assert rows.tolist() == [0, 2] and cols.tolist() == [0, 3]
-    assert sample_labels(labels, rows, cols).tolist() == [[[0, 3], [8, 11]], [[100, 103], [108, 111]]]
+    assert sample_labels(labels, rows, cols).tolist() == [
+        [[0, 3], [8, 11]],
+        [[100, 103], [108, 111]],
+    ]
 
 
 def test_resize_is_pillow_bilinear_with_antialiasing() -> None:

@@ -203,7 +203,9 @@ def test_sample_store_images_and_labels_match_the_sources(sample_store_path: Pat
     assert store.concept(int(s.image_labels["scene"][0])).name == "street-s"
     assert s.split == md5_split("ade20k/ADE_train_00016869.jpg")
     # DTD: whole-image textures, the key attribute first
-    dtd = next(i for i in range(len(store)) if store.sample(i).source_id == "dotted/dotted_0001.jpg")
+    dtd = next(
+        i for i in range(len(store)) if store.sample(i).source_id == "dotted/dotted_0001.jpg"
+    )
     labels = [store.concept(int(x)).name for x in store.sample(dtd).image_labels["texture"] if x]
     assert labels == ["dotted", "polka-dotted"]
     assert store.sample(dtd).split == md5_split("dtd/dotted_0001.jpg")
@@ -229,7 +231,9 @@ def test_sample_store_validates(sample_store_path: Path, tmp_path: Path) -> None
     assert validate_store(sample_store_path) == []
     copy = tmp_path / "copy.zarr"
     shutil.copytree(sample_store_path, copy)
-    shard = next(p for p in (copy / "pixel" / "part").rglob("*") if p.is_file() and p.name != "zarr.json")
+    shard = next(
+        p for p in (copy / "pixel" / "part").rglob("*") if p.is_file() and p.name != "zarr.json"
+    )
     shard.write_bytes(shard.read_bytes()[:100])  # truncate the shard file
     problems = validate_store(copy)
     assert any(p.startswith("pixel/part shard 0") for p in problems), problems
