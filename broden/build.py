@@ -475,8 +475,8 @@ def run_write_task(shard: int, layout: Layout) -> dict[str, str]:
         m = layout.meta[start + r]
         for cat, ids in m["image_labels"].items():
             lut = layout.luts.get((m["source"], cat))
-            if lut is None:
-                continue
+            if lut is None or cat not in blk.image_labels:
+                continue  # every label of this category was dropped by the thresholds
             mapped = [int(lut[i]) for i in ids if lut[i]]
             blk.image_labels[cat][r, : len(mapped)] = mapped
         blk.source.append(m["source"])

@@ -13,13 +13,16 @@ A config is YAML or TOML with the same keys::
       - adapter: dtd
         root: /data/dtd
 
-Relative paths in a source entry are resolved against the config file's folder.
+Paths in a source entry may use environment variables (``$BRODEN_DATA/dtd``) and ``~``;
+relative paths are resolved against the config file's folder.
 Field descriptions here are the reference documentation (``broden config-schema``
 prints the JSON Schema).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -123,12 +126,21 @@ def _path_fields(adapter_name: str) -> set[str]:
     return {name for name, f in cls.Options.model_fields.items() if "Path" in str(f.annotation)}
 
 
-def _resolve_paths(entry: dict[str, Any], base: Path) -> dict[str, Any]:
+def _resolve_paths(entry: dict[str, Any], base: Path, origin: str) -> dict[str, Any]:
+    """Expand ``$VARS`` and ``~`` in an entry's path options; relative paths are taken
+    from ``base`` (the config file's folder)."""
     out = dict(entry)
     for key in _path_fields(str(entry.get("adapter", ""))):
         value = entry.get(key)
         if isinstance(value, str):
-            p = Path(value).expanduser()
+            expanded = os.path.expandvars(value)
+            unset = re.findall(r"\$\{?(\w+)", expanded)
+            if unset:
+                raise ConfigError(
+                    f"{origin}: source {entry.get('adapter')!r}, {key}: environment variable "
+                    f"{unset[0]} is not set (used in {value!r})"
+                )
+            p = Path(expanded).expanduser()
             out[key] = str(p if p.is_absolute() else (base / p))
     return out
 
@@ -142,7 +154,7 @@ def parse_config(
     if base is not None and isinstance(data.get("sources"), list):
         data = dict(data)
         data["sources"] = [
-            _resolve_paths(s, base) if isinstance(s, dict) else s for s in data["sources"]
+            _resolve_paths(s, base, origin) if isinstance(s, dict) else s for s in data["sources"]
         ]
     try:
         return BuildConfig.model_validate(data)
