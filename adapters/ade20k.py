@@ -53,6 +53,7 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import cv2
 import numpy as np
 from pydantic import Field
 from tqdm import tqdm
@@ -92,9 +93,18 @@ class _Index:
     scenes: list[str] = field(default_factory=list)  # sorted; local id = position + 1
 
 
+_DIV10 = (np.arange(256) // 10).astype(np.uint8)
+
+
 def decode_class_mask(rgb: np.ndarray) -> np.ndarray:
-    """ADE20K class map of an RGB-encoded mask: (R // 10) * 256 + G, as uint16."""
-    return (rgb[..., 0] // 10).astype(np.uint16) * 256 + rgb[..., 1]
+    """ADE20K class map of an RGB-encoded mask: (R // 10) * 256 + G, as uint16.
+
+    (R // 10 through a lookup table: twice as fast as numpy's integer division.)"""
+    r, g, _ = cv2.split(np.ascontiguousarray(rgb))
+    cls = cv2.LUT(r, _DIV10).astype(np.uint16)
+    cls <<= 8
+    cls |= g
+    return cls
 
 
 def normalize_scene(raw: Any) -> str | None:
@@ -273,6 +283,14 @@ class ADE20K(Adapter):
         return self._index.entries[index].rel
 
     @cached_property
+    def _known_classes(self) -> np.ndarray:
+        """Boolean lookup over every possible class value (0 = unlabeled is known)."""
+        known = np.zeros(26 * 256, bool)  # (255 // 10) * 256 + 255 is the largest value
+        known[0] = True
+        known[[c for c in self._index.names if c < len(known)]] = True
+        return known
+
+    @cached_property
     def _scene_ids(self) -> dict[str, int]:
         return {s: i + 1 for i, s in enumerate(self._index.scenes)}
 
@@ -294,9 +312,8 @@ class ADE20K(Adapter):
                     f"{shape[1]}×{shape[0]}"
                 )
             cls = decode_class_mask(rgb)
-            present = np.flatnonzero(np.bincount(cls.ravel()))
-            unknown = [int(c) for c in present if c and c not in idx.names]
-            if unknown:
+            if not self._known_classes[cls].all():
+                unknown = [int(c) for c in np.unique(cls[~self._known_classes[cls]])]
                 raise SampleError(
                     f"{path}: class values {unknown[:5]} are not in the ADE20K object names"
                 )
