@@ -29,12 +29,8 @@ import shutil
 import struct
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from multiprocessing import get_context
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -55,6 +51,7 @@ from adapters import (
 from adapters.colors import color_counts, color_labels, color_vocabulary
 from broden.config import BuildConfig, make_adapters
 from broden.imaging import label_grid, resize_image, sample_labels
+from broden.runners import RunnerError, make_runner
 from broden.schema import (
     FORMAT_VERSION,
     BuildReport,
@@ -546,32 +543,6 @@ def _load_records(staging: Path, plan: Plan) -> dict[int, dict[str, Any]]:
     return records
 
 
-def _run_parallel(
-    fn: Callable[..., Any],
-    args: Iterable[tuple[Any, ...]],
-    workers: int,
-    pool: ProcessPoolExecutor | None,
-    on_done: Callable[[Any, tuple[Any, ...]], object],
-) -> None:
-    arglist = list(args)
-    if pool is None:
-        for a in arglist:
-            on_done(fn(*a), a)
-        return
-    futures: dict[Future[Any], tuple[Any, ...]] = {pool.submit(fn, *a): a for a in arglist}
-    try:
-        for fut in as_completed(futures):
-            on_done(fut.result(), futures[fut])
-    except BrokenProcessPool:
-        raise BuildError(
-            "a build worker process died (killed, or out of memory); run the same command "
-            "again to resume from the finished tasks"
-        ) from None
-    finally:
-        for fut in futures:
-            fut.cancel()
-
-
 def build(
     config: BuildConfig,
     out: str | Path,
@@ -580,12 +551,15 @@ def build(
     overwrite: bool = False,
     progress: bool = True,
     adapters: list[tuple[str, Adapter]] | None = None,
+    dask: str | None = None,
 ) -> BuildSummary:
     """Build (or resume building) a store at ``out`` from ``config``.
 
-    ``workers`` processes prepare and write in parallel (1: in this process). With
-    ``strict``, the first unreadable sample fails the build instead of being skipped.
-    ``overwrite`` deletes an existing store (and its staging) first.
+    ``workers`` processes prepare and write in parallel (1: in this process); ``dask``
+    runs the same tasks on a Dask cluster instead (a scheduler address, or ``local:N``;
+    see :mod:`broden.runners`). With ``strict``, the first unreadable sample fails the
+    build instead of being skipped. ``overwrite`` deletes an existing store (and its
+    staging) first.
     """
     t0 = time.perf_counter()
     out = Path(out)
@@ -627,16 +601,12 @@ def build(
 
     records = _load_records(staging, plan)
     reused = len(records)
-    pool: ProcessPoolExecutor | None = None
-    if workers > 1:
-        pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(plan, str(staging), str(out)),
+    try:
+        runner = make_runner(
+            workers, dask, _init_worker, (plan, str(staging), str(out)), plan.fingerprint
         )
-    else:
-        _init_worker(plan, str(staging), str(out))
+    except RunnerError as e:
+        raise BuildError(str(e)) from None
     try:
         todo = [t for t in range(len(plan.tasks)) if t not in records]
         total = len(plan.candidates)
@@ -656,7 +626,7 @@ def build(
                         f"used: {bad[0]['reason']}"
                     )
 
-        _run_parallel(run_prepare_task, [(t,) for t in todo], workers, pool, task_done)
+        runner.run(run_prepare_task, [(t,) for t in todo], task_done)
         bar.close()
 
         unified, layout, report = _unify(plan, records)
@@ -672,17 +642,16 @@ def build(
         written = {j for j in range(n_shards) if (staging / "written" / f"{j:05d}.json").exists()}
         wbar = tqdm(total=n_shards, initial=len(written), desc="write", unit="shard",
                     disable=not progress)  # fmt: skip
-        _run_parallel(
+        runner.run(
             run_write_task,
             [(j, layout) for j in range(n_shards) if j not in written],
-            workers,
-            pool,
             lambda _r, _a: wbar.update(1),
         )
         wbar.close()
+    except RunnerError as e:
+        raise BuildError(str(e)) from None
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        runner.close()
         _STATE.clear()
 
     report.seconds = time.perf_counter() - t0

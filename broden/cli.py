@@ -72,6 +72,13 @@ def build(
         bool, typer.Option(help="fail on the first unreadable sample instead of skipping it")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="delete an existing store first")] = False,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            help="run the tasks on a Dask cluster: a scheduler ADDRESS, or local:N for N "
+            "local worker processes (needs broden[dask])"
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Build a store from the sources of CONFIG (resumes an interrupted build of OUT)."""
@@ -80,7 +87,13 @@ def build(
 
     cfg = load_config(config if config is not None else sample_config_path())
     summary = run_build(
-        cfg, out, workers=workers, strict=strict, overwrite=overwrite, progress=not quiet
+        cfg,
+        out,
+        workers=workers,
+        strict=strict,
+        overwrite=overwrite,
+        progress=not quiet,
+        dask=dask,
     )
     typer.echo(summary.format())
 
