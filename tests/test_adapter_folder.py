@@ -130,7 +130,9 @@ def test_categories_can_be_selected_and_provenance_recorded(folder_root: Path) -
     assert folder.categories == ("object",) and set(folder.vocabulary()) == {"object"}
     assert set(folder.load(2).pixel) == {"object"} and folder.load(2).image_labels == {}
     assert folder.describe()["license"] == "CC0" and folder.describe()["title"] == "Mine"
-    with pytest.raises(SourceError, match=r"does not supply categories \['part'\]; .*labels.csv declares"):
+    with pytest.raises(
+        SourceError, match=r"does not supply categories \['part'\]; .*labels.csv declares"
+    ):
         Folder.from_config({"root": str(folder_root)}, ["part"])
 
 

@@ -1,0 +1,201 @@
+"""Capturing layer outputs: modules named by their dotted path in ``named_modules()``,
+hooked with ``register_forward_hook`` (several layers in one forward pass), and the
+conversion of what they return into unit maps (B, U, h, w).
+
+Output layouts (``layout``):
+
+``auto`` (default)
+    4-D output (B, a, b, c): channels-last (B, h, w, C) when ``a == b`` and ``b != c``
+    (a square grid followed by a different channel count, as Swin and ConvNeXt blocks
+    return), otherwise channels-first (B, C, h, w). 3-D output (B, T, D): transformer
+    tokens, see below. 2-D (B, D): one value per unit (a 1×1 map).
+``nchw`` / ``nhwc``
+    force channels-first / channels-last for 4-D outputs.
+
+Tokens (B, T, D) are reshaped to the square patch grid: the first ``prefix_tokens``
+(class and register tokens) are dropped and the remaining T' = g² tokens become a
+g×g map of D units. Without ``prefix_tokens`` the prefix is T - ⌊√T⌋² (1 for a ViT
+with a class token, 5 for DINOv2 with 4 registers, 0 for a plain grid).
+
+A module whose output is a tuple or list contributes its first element. The pseudo
+layer ``output`` (``output.N``, ``output.KEY``) is the model's return value (element N
+or key KEY of it): the way to reach features of a TorchScript model, which cannot take
+Python hooks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import nn
+
+from dissect.errors import DissectError
+
+LAYOUTS: tuple[str, ...] = ("auto", "nchw", "nhwc")
+OUTPUT = "output"
+
+
+class _StopForward(Exception):
+    """Raised by a hook once every requested layer has been seen: the rest of the
+    forward pass is not needed."""
+
+
+def _is_output(name: str) -> bool:
+    return name == OUTPUT or name.startswith(OUTPUT + ".")
+
+
+def _pick_output(value: Any, path: str, layer: str) -> Any:
+    for part in path.split(".") if path else []:
+        if isinstance(value, dict):
+            if part not in value:
+                raise DissectError(
+                    f"layer {layer!r}: the model's output has no key {part!r} "
+                    f"(keys: {list(value)[:10]})"
+                )
+            value = value[part]
+        elif isinstance(value, (tuple, list)) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            raise DissectError(f"layer {layer!r}: cannot take {part!r} of a {type(value).__name__}")
+    return value
+
+
+def check_layers(model: nn.Module, layers: Sequence[str]) -> None:
+    """Fail with close matches when a layer name is not a module of ``model``."""
+    modules = dict(model.named_modules())
+    names = [n for n in modules if n]
+    for layer in layers:
+        if (layer and layer in modules) or _is_output(layer):
+            continue
+        close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
+        if not close:
+            close = [n for n in names if "." not in n][:10]
+            hint = f"its top-level modules are {', '.join(close)}"
+        else:
+            hint = f"did you mean {', '.join(close)}?"
+        raise DissectError(
+            f"the model has no layer {layer!r}; {hint} (layer names are the dotted paths of "
+            "model.named_modules(), or `output` for the model's return value)"
+        )
+    if isinstance(model, torch.jit.ScriptModule):
+        hooked = [la for la in layers if la in modules]
+        if hooked:
+            raise DissectError(
+                f"TorchScript models cannot take forward hooks on their submodules (a PyTorch "
+                f"limitation), so layer {hooked[0]!r} cannot be captured; save the model with "
+                "torch.export (.pt2) instead, or script a model that returns the features and "
+                "use --layer output"
+            )
+
+
+class LayerCapture:
+    """Context manager that hooks ``layers`` of ``model``; :meth:`run` returns their
+    outputs for one input batch (the first call of each module in the pass).
+
+    >>> with LayerCapture(model, ["layer3", "layer4"]) as cap:   # doctest: +SKIP
+    ...     outs = cap.run(images)
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str]):
+        check_layers(model, layers)
+        self.model = model
+        self.layers = list(dict.fromkeys(layers))
+        modules = dict(model.named_modules())
+        self.hooked = [la for la in self.layers if la and la in modules]
+        self.needs_output = len(self.hooked) < len(self.layers)
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._outputs: dict[str, Any] = {}
+
+    def __enter__(self) -> LayerCapture:
+        modules = dict(self.model.named_modules())
+        for name in self.hooked:
+            self._handles.append(modules[name].register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if name not in self._outputs:
+                self._outputs[name] = output
+            if not self.needs_output and len(self._outputs) == len(self.hooked):
+                raise _StopForward
+
+        return hook
+
+    def run(self, inputs: torch.Tensor) -> dict[str, Any]:
+        self._outputs = {}
+        try:
+            result = self.model(inputs)
+        except _StopForward:
+            result = None
+        missing = [la for la in self.hooked if la not in self._outputs]
+        if missing:
+            raise DissectError(
+                f"layers {missing} did not run during the forward pass (modules defined but "
+                "not called by forward())"
+            )
+        outs = dict(self._outputs)
+        for la in self.layers:
+            if la not in outs:
+                outs[la] = _pick_output(result, la[len(OUTPUT) + 1 :], la)
+        self._outputs = {}
+        return outs
+
+
+def to_unit_maps(
+    output: Any, layer: str, layout: str = "auto", prefix_tokens: int | None = None
+) -> torch.Tensor:
+    """A layer's output as (B, U, h, w) float32/float64 maps (see the module docstring)."""
+    if isinstance(output, (tuple, list)) and output:
+        output = output[0]
+    if not isinstance(output, torch.Tensor):
+        raise DissectError(
+            f"layer {layer!r} returns a {type(output).__name__}, not a tensor; pick a module "
+            "that returns a feature tensor"
+        )
+    x = output.detach()
+    if not x.is_floating_point():
+        raise DissectError(f"layer {layer!r} returns {x.dtype} values, not floating point")
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    if layout not in LAYOUTS:
+        raise DissectError(f"unknown layout {layout!r}; use one of {list(LAYOUTS)}")
+    if x.ndim == 4:
+        channels_last = layout == "nhwc" or (
+            layout == "auto" and x.shape[1] == x.shape[2] and x.shape[2] != x.shape[3]
+        )
+        if channels_last:
+            x = x.permute(0, 3, 1, 2)
+    elif x.ndim == 3:
+        B, T, D = x.shape
+        if prefix_tokens is None:
+            g = math.isqrt(T)
+            prefix = T - g * g
+        else:
+            prefix = prefix_tokens
+            g = math.isqrt(max(T - prefix, 0))
+        if prefix < 0 or g < 1 or g * g != T - prefix:
+            raise DissectError(
+                f"layer {layer!r}: {T} tokens minus {prefix} prefix tokens is not a square grid; "
+                "set the number of class/register tokens with --prefix-tokens"
+            )
+        x = x[:, prefix:, :].reshape(B, g, g, D).permute(0, 3, 1, 2)
+    elif x.ndim == 2:
+        x = x[:, :, None, None]
+    else:
+        raise DissectError(
+            f"layer {layer!r} returns a {x.ndim}-D tensor {tuple(x.shape)}; expected (B, C, h, w), "
+            "(B, h, w, C), tokens (B, T, D) or (B, D)"
+        )
+    return x.contiguous()

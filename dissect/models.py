@@ -1,0 +1,274 @@
+"""Loading the model to dissect and preparing its input.
+
+Model specs (``--model``):
+
+``torchvision:NAME``
+    ``torchvision.models.get_model(NAME)`` with random weights (``torchvision:NAME:WEIGHTS``
+    for torchvision's pretrained weights, e.g. ``torchvision:resnet18:IMAGENET1K_V1``;
+    downloaded by torchvision). torchvision is an optional dependency; without it,
+    ``dissect.zoo:resnet18`` with ``--weights`` loads torchvision's resnet18 weights.
+``package.module:factory``
+    ``factory()`` from an importable module, returning an ``nn.Module``.
+a TorchScript file (``torch.jit.save``; ``.pt``, ``.pth``, ``.ts``, ...)
+    loaded with ``torch.jit.load``; only ``--layer output[.N]`` can be captured.
+a ``torch.export`` file (``.pt2``)
+    loaded with ``torch.export.load`` and unflattened, so submodules keep their names
+    and take hooks; its example input fixes the input size (and the batch size, unless
+    it was exported with a dynamic batch dimension: then batches are padded to it).
+
+``--weights FILE``: a state dict loaded with ``torch.load(weights_only=True)`` (a
+``{"state_dict": ...}`` or ``{"model": ...}`` checkpoint is unwrapped, a ``module.``
+prefix from DataParallel is stripped), strictly: missing or unexpected keys fail.
+
+Input: images (uint8 RGB) are scaled to [0, 1], resized when the model wants another
+size (bilinear, antialiased when shrinking), then normalised: ``imagenet`` (default;
+mean 0.485, 0.456, 0.406, std 0.229, 0.224, 0.225), ``none`` (left in [0, 1]), or
+explicit ``M,M,M/S,S,S`` in the same [0, 1] units.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dissect.errors import DissectError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run: eval mode, with what the dissection records about it."""
+
+    module: nn.Module
+    spec: str
+    weights: str | None
+    fingerprint: str  # digest of the architecture spec and every parameter and buffer
+    input_size: int | None = None  # size the model was exported for
+    batch_size: int | None = None  # fixed batch size of an exported model
+
+
+@dataclass(frozen=True)
+class Normalization:
+    name: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def parse_normalize(value: str) -> Normalization:
+    """``imagenet``, ``none`` or ``M,M,M/S,S,S`` (values in [0, 1] units)."""
+    v = value.strip().lower()
+    if v == "imagenet":
+        return Normalization("imagenet", IMAGENET_MEAN, IMAGENET_STD)
+    if v == "none":
+        return Normalization("none", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    try:
+        mean_s, std_s = v.split("/")
+        mean = tuple(float(x) for x in mean_s.split(","))
+        std = tuple(float(x) for x in std_s.split(","))
+    except ValueError:
+        mean, std = (), ()
+    if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+        raise DissectError(
+            f"--normalize {value!r}: expected imagenet, none, or MEAN,MEAN,MEAN/STD,STD,STD "
+            "with three means and three positive standard deviations (in [0, 1] units)"
+        )
+    return Normalization(value, mean, std)  # type: ignore[arg-type]
+
+
+def preprocess(images: torch.Tensor, norm: Normalization, input_size: int | None) -> torch.Tensor:
+    """(B, S, S, 3) uint8 → (B, 3, N, N) float32 normalised model input."""
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    if input_size is not None and input_size != x.shape[-1]:
+        x = F.interpolate(
+            x,
+            size=(input_size, input_size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=input_size < x.shape[-1],
+        )
+    mean = torch.tensor(norm.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(norm.std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def state_digest(module: nn.Module) -> str:
+    """Digest of every parameter and buffer (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        if not isinstance(t, torch.Tensor):
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _torchvision(name: str, weights: str | None) -> nn.Module:
+    try:
+        import torchvision  # noqa: F401
+        from torchvision import models
+    except Exception as e:  # ImportError, or a CUDA-only build failing to load
+        raise DissectError(
+            f"torchvision is not importable here ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            "install a torchvision build that matches your torch "
+            f"({torch.__version__}), or use the built-in `dissect.zoo:resnet18`, which loads "
+            "torchvision's resnet18 weights with --weights"
+        ) from None
+    try:
+        return models.get_model(name, weights=weights)
+    except Exception as e:
+        raise DissectError(f"torchvision cannot build model {name!r}: {e}") from None
+
+
+def _factory(spec: str) -> nn.Module:
+    mod_name, _, fn_name = spec.partition(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except Exception as e:
+        raise DissectError(
+            f"--model {spec}: cannot import module {mod_name!r} ({type(e).__name__}: {e})"
+        ) from None
+    fn = getattr(mod, fn_name, None)
+    if not callable(fn):
+        raise DissectError(f"--model {spec}: module {mod_name!r} has no callable {fn_name!r}")
+    try:
+        model = fn()
+    except Exception as e:
+        raise DissectError(
+            f"--model {spec}: {fn_name}() failed ({type(e).__name__}: {e})"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise DissectError(
+            f"--model {spec}: {fn_name}() returned a {type(model).__name__}, not a torch.nn.Module"
+        )
+    return model
+
+
+def _exported(path: Path) -> tuple[nn.Module, int | None, int | None]:
+    try:
+        ep = torch.export.load(str(path))
+    except Exception as e:
+        raise DissectError(f"cannot load {path} as a torch.export program: {e}") from None
+    size = batch = None
+    try:
+        example = ep.example_inputs[0][0] if ep.example_inputs else None
+    except Exception:
+        example = None
+    if isinstance(example, torch.Tensor) and example.ndim == 4:
+        size = int(example.shape[-1])
+        # a static batch dimension shows as a plain int in the graph's input shape
+        placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+        user = [n for n in placeholders if n.name in ep.graph_signature.user_inputs]
+        if user:
+            val = user[0].meta.get("val")
+            if val is not None and isinstance(val.shape[0], int):
+                batch = int(val.shape[0])
+    return torch.export.unflatten(ep), size, batch
+
+
+def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        sd: Any = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DissectError(f"--weights {path}: no such file") from None
+    except Exception as e:
+        raise DissectError(
+            f"--weights {path}: not a state dict that torch.load(weights_only=True) can read "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise DissectError(f"--weights {path}: expected a dict of tensors (a state dict)")
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+def load_weights(module: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load a state dict file into ``module`` strictly (see the module docstring)."""
+    sd = _state_dict(Path(path))
+    own = module.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {', '.join(missing[:4])})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (e.g. {', '.join(unexpected[:4])})")
+        raise DissectError(f"--weights {path} does not fit the model: {'; '.join(parts)}")
+    try:
+        module.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        first = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln][:2]
+        raise DissectError(
+            f"--weights {path} does not fit the model: {'; '.join(first) or str(e)}"
+        ) from None
+
+
+def load_model(spec: str | nn.Module, weights: str | os.PathLike[str] | None = None) -> LoadedModel:
+    """Build or load the model named by ``spec`` (see the module docstring), load
+    ``weights`` into it, and put it in eval mode."""
+    input_size = batch = None
+    file_hash = ""
+    if isinstance(spec, nn.Module):
+        module, label = spec, f"module:{type(spec).__module__}.{type(spec).__qualname__}"
+    else:
+        label = spec
+        path = Path(spec)
+        if spec.startswith("torchvision:"):
+            _, name, *rest = spec.split(":")
+            module = _torchvision(name, rest[0] if rest else None)
+        elif path.is_file():
+            file_hash = file_digest(path)
+            if path.suffix == ".pt2":
+                module, input_size, batch = _exported(path)
+            else:
+                try:
+                    module = torch.jit.load(str(path), map_location="cpu")
+                except Exception as e:
+                    raise DissectError(
+                        f"--model {spec}: not a TorchScript file ({type(e).__name__}); a state "
+                        "dict goes with --weights next to a model spec such as "
+                        "dissect.zoo:resnet18, a torch.export program needs the .pt2 suffix"
+                    ) from None
+        elif ":" in spec and not spec.endswith(":"):
+            module = _factory(spec)
+        else:
+            raise DissectError(
+                f"--model {spec!r}: not a file, and not torchvision:NAME or package.module:factory"
+            )
+    if weights is not None:
+        load_weights(module, weights)
+    module.eval()
+    h = hashlib.sha256(f"{label}|{file_hash}|".encode())
+    h.update(state_digest(module).encode())
+    return LoadedModel(
+        module,
+        label,
+        None if weights is None else str(weights),
+        h.hexdigest()[:20],
+        input_size,
+        batch,
+    )

@@ -1,0 +1,28 @@
+"""Each unit's top images: the store images with the largest per-image maximum of the
+unit's activation map, best first, collected during a pass the dissection makes anyway.
+Ties go to the lower image index, so the result does not depend on batch size or order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class TopImages:
+    """Running top-``k`` images per unit by per-image maximum activation."""
+
+    def __init__(self, units: int, k: int):
+        self.k = k
+        self.values = np.zeros((units, 0), np.float64)
+        self.indices = np.zeros((units, 0), np.int64)
+
+    def add(self, maxima: torch.Tensor | np.ndarray, indices: np.ndarray) -> None:
+        """``maxima`` (B, U): each image's maximum per unit; ``indices`` (B,) store indices."""
+        m = maxima.detach().double().cpu().numpy() if isinstance(maxima, torch.Tensor) else maxima
+        m = np.asarray(m, np.float64)
+        vals = np.concatenate([self.values, m.T], axis=1)
+        idx = np.concatenate([self.indices, np.broadcast_to(indices, m.T.shape)], axis=1)
+        order = np.lexsort((idx, -vals), axis=-1)[:, : self.k]
+        self.values = np.take_along_axis(vals, order, axis=1)
+        self.indices = np.take_along_axis(idx, order, axis=1)

@@ -1,0 +1,75 @@
+"""CUDA: the same counts as on the CPU (skipped where no CUDA device is present)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dissect import dissect, score_activations
+from tests.dissect_helpers import TinyStore, random_labels_store
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> TinyStore:
+    return random_labels_store(tmp_path_factory.mktemp("cuda") / "tiny.zarr", n=20)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("method", ["exact", "ndl"])
+def test_cuda_counts_equal_cpu_counts(tiny, tmp_path, dtype, method):
+    rng = np.random.default_rng(0)
+    acts = np.maximum(rng.normal(size=(tiny.n, 8, 7, 7)), 0).astype(dtype)
+    kw = dict(quantile=0.05, quantile_method=method, batch_size=6, progress=False)
+    cpu = score_activations(tiny.path, acts, out=tmp_path / "cpu", device="cpu", **kw)
+    gpu = score_activations(tiny.path, acts, out=tmp_path / "gpu", device="cuda", **kw)
+    assert gpu.summary["settings"]["device"].startswith("cuda")
+    np.testing.assert_array_equal(cpu.thresholds, gpu.thresholds)
+    for k in cpu.counts:
+        np.testing.assert_array_equal(cpu.counts[k], gpu.counts[k])
+    np.testing.assert_array_equal(cpu.iou, gpu.iou)
+    np.testing.assert_array_equal(cpu.top_indices, gpu.top_indices)
+
+
+def test_cuda_dissection_matches_cpu_scoring_of_its_activations(tiny, tmp_path):
+    """The model runs on CUDA (workers, pinned memory, non_blocking copies); scoring the
+    same CUDA activations on the CPU gives the same counts."""
+    from dissect.hooks import LayerCapture
+    from dissect.models import parse_normalize, preprocess
+    from dissect.zoo import resnet18
+
+    torch.backends.cudnn.deterministic = True
+    model = resnet18().cuda().eval()
+    res = dissect(
+        tiny.path,
+        model,
+        ["layer2"],
+        out=tmp_path / "gpu",
+        device="cuda",
+        workers=2,
+        quantile=0.05,
+        batch_size=5,
+        progress=False,
+    )["layer2"]
+    assert res.units == 128 and res.summary["settings"]["device"].startswith("cuda")
+    parts = []
+    with torch.inference_mode(), LayerCapture(model, ["layer2"]) as cap:
+        for a in range(0, tiny.n, 5):  # the store's shards hold 5 images: the same batches
+            x = preprocess(
+                torch.from_numpy(tiny.images[a : a + 5]).cuda(),
+                parse_normalize("imagenet"),
+                tiny.images.shape[1],
+            )
+            parts.append(cap.run(x)["layer2"].float().cpu())
+    acts = torch.cat(parts).contiguous().numpy()
+    cpu = score_activations(
+        tiny.path, acts, out=tmp_path / "cpu", device="cpu", quantile=0.05, progress=False
+    )
+    np.testing.assert_array_equal(cpu.thresholds, res.thresholds)
+    for k in cpu.counts:
+        np.testing.assert_array_equal(cpu.counts[k], res.counts[k])

@@ -1,0 +1,227 @@
+"""Models and layer capture: the built-in ResNet-18, weights files, normalisation,
+TorchScript and torch.export models, transformer tokens and channels-last outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dissect import DissectError, dissect, score_activations
+from dissect.hooks import LayerCapture, check_layers, to_unit_maps
+from dissect.models import load_model, parse_normalize, preprocess
+from dissect.zoo import resnet18
+from tests.dissect_helpers import TinyStore, random_labels_store
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> TinyStore:
+    return random_labels_store(tmp_path_factory.mktemp("models") / "tiny.zarr")
+
+
+def test_zoo_resnet18_matches_torchvisions_layout():
+    m = resnet18()
+    sd = m.state_dict()
+    assert len(sd) == 122
+    assert sum(p.numel() for p in m.parameters()) == 11_689_512  # torchvision's resnet18
+    for key in (
+        "conv1.weight",
+        "bn1.running_var",
+        "layer1.0.conv1.weight",
+        "layer2.0.downsample.0.weight",
+        "layer4.1.bn2.num_batches_tracked",
+        "fc.bias",
+    ):
+        assert key in sd
+    with torch.inference_mode():
+        assert m.eval()(torch.zeros(2, 3, 224, 224)).shape == (2, 1000)
+    # the same seed gives the same network, another seed another one
+    assert torch.equal(resnet18().conv1.weight, m.conv1.weight)
+    assert not torch.equal(resnet18(seed=1).conv1.weight, m.conv1.weight)
+
+
+def test_weights_load_through_dataparallel_checkpoints(tmp_path):
+    src = resnet18(seed=3)
+    ckpt = {"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}
+    torch.save(ckpt, tmp_path / "w.pth")
+    loaded = load_model("dissect.zoo:resnet18", tmp_path / "w.pth")
+    assert torch.equal(loaded.module.fc.weight, src.fc.weight)
+    # the fingerprint is a digest of spec and weights: reproducible, and weights change it
+    assert loaded.fingerprint == load_model("dissect.zoo:resnet18", tmp_path / "w.pth").fingerprint
+    assert loaded.fingerprint != load_model("dissect.zoo:resnet18").fingerprint
+    sd = src.state_dict()
+    del sd["fc.bias"]
+    torch.save(sd, tmp_path / "short.pth")
+    with pytest.raises(DissectError, match=r"missing 1 keys \(e.g. fc.bias\)"):
+        load_model("dissect.zoo:resnet18", tmp_path / "short.pth")
+
+
+def test_normalisation_by_name_or_values():
+    assert parse_normalize("imagenet").mean == (0.485, 0.456, 0.406)
+    assert parse_normalize("none").std == (1.0, 1.0, 1.0)
+    n = parse_normalize("0.5,0.5,0.5/0.25,0.25,0.25")
+    images = torch.full((1, 4, 4, 3), 255, dtype=torch.uint8)
+    x = preprocess(images, n, None)
+    assert x.shape == (1, 3, 4, 4) and torch.allclose(x, torch.full_like(x, 2.0))
+    assert preprocess(images, n, 8).shape == (1, 3, 8, 8)
+    with pytest.raises(DissectError, match="MEAN,MEAN,MEAN/STD,STD,STD"):
+        parse_normalize("0.5,0.5/1,1,1")
+
+
+def test_tokens_become_the_patch_grid_without_class_and_register_tokens():
+    B, g, D = 2, 3, 4
+    grid = torch.arange(B * g * g * D, dtype=torch.float32).view(B, g * g, D)
+    cls = torch.full((B, 1, D), -1.0)
+    regs = torch.full((B, 4, D), -2.0)
+    maps = to_unit_maps(torch.cat([cls, grid], 1), "vit")
+    assert maps.shape == (B, D, g, g)
+    assert torch.equal(maps[1, 2, 0, 1], grid[1, 1, 2])  # token 1 = row 0, column 1
+    with_regs = to_unit_maps(torch.cat([cls, regs, grid], 1), "dino")  # auto: 5 prefix tokens
+    assert torch.equal(with_regs, maps)
+    assert torch.equal(to_unit_maps(torch.cat([cls, regs, grid], 1), "d", prefix_tokens=5), maps)
+    with pytest.raises(DissectError, match="--prefix-tokens"):
+        to_unit_maps(torch.cat([cls, grid], 1), "vit", prefix_tokens=3)
+
+
+def test_channels_last_outputs_are_recognised():
+    x = torch.randn(2, 7, 7, 96)
+    assert torch.equal(to_unit_maps(x, "swin"), x.permute(0, 3, 1, 2))
+    y = torch.randn(2, 96, 7, 7)
+    assert torch.equal(to_unit_maps(y, "conv"), y)
+    assert torch.equal(to_unit_maps(x, "forced", layout="nchw"), x)
+    assert to_unit_maps(torch.randn(2, 10), "fc").shape == (2, 10, 1, 1)
+
+
+def test_layer_capture_takes_several_dotted_layers_in_one_pass():
+    m = resnet18().eval()
+    with torch.inference_mode(), LayerCapture(m, ["layer2.1.conv2", "layer3", "fc"]) as cap:
+        outs = cap.run(torch.randn(1, 3, 64, 64))
+    assert outs["layer2.1.conv2"].shape == (1, 128, 8, 8)
+    assert outs["layer3"].shape == (1, 256, 4, 4)
+    assert outs["fc"].shape == (1, 1000)
+    assert not m.layer3._forward_hooks  # hooks removed afterwards
+    with pytest.raises(DissectError, match="did you mean layer2.1.conv2"):
+        check_layers(m, ["layer2.1.cnv2"])
+
+
+class TokenNet(nn.Module):
+    """A ViT-shaped toy: 8×8 patches → tokens with a class token, one linear block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 6, 8, 8)
+        self.cls = nn.Parameter(torch.randn(1, 1, 6))
+        self.block = nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(len(t), -1, -1), t], 1)
+        return self.block(t)
+
+
+def test_transformer_tokens_end_to_end(tiny, tmp_path):
+    torch.manual_seed(0)
+    model = TokenNet().eval()
+    res = dissect(
+        tiny.path,
+        model,
+        ["block"],
+        out=tmp_path,
+        workers=0,
+        quantile=0.1,
+        normalize="none",
+        progress=False,
+    )["block"]
+    assert res.units == 6 and res.summary["activation_shape"] == [4, 4]  # 32 px / 8
+    with torch.inference_mode():
+        x = torch.from_numpy(tiny.images).permute(0, 3, 1, 2).float() / 255
+        tokens = model(x)
+    acts = tokens[:, 1:].reshape(tiny.n, 4, 4, 6).permute(0, 3, 1, 2).numpy()
+    ref = score_activations(tiny.path, acts, out=tmp_path / "ref", quantile=0.1, progress=False)
+    np.testing.assert_allclose(res.thresholds, ref.thresholds, rtol=1e-6)
+    np.testing.assert_allclose(res.iou, ref.iou, atol=0.02)
+
+
+class SmallConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 5, 3, 2, 1), nn.ReLU(), nn.Conv2d(5, 7, 3, 2, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_torch_export_models_keep_their_layer_names(tiny, tmp_path):
+    torch.manual_seed(1)
+    eager = SmallConv().eval()
+    x = torch.randn(4, 3, 32, 32)
+    ep = torch.export.export(eager, (x,))  # a static batch of 4
+    torch.export.save(ep, tmp_path / "small.pt2")
+    got = dissect(
+        tiny.path,
+        str(tmp_path / "small.pt2"),
+        ["features.2"],
+        out=tmp_path / "a",
+        workers=0,
+        quantile=0.1,
+        progress=False,
+    )["features.2"]
+    want = dissect(
+        tiny.path,
+        eager,
+        ["features.2"],
+        out=tmp_path / "b",
+        workers=0,
+        quantile=0.1,
+        progress=False,
+    )["features.2"]
+    assert got.summary["settings"]["batch_size"] == 4
+    np.testing.assert_allclose(got.thresholds, want.thresholds, rtol=1e-5)
+    np.testing.assert_allclose(got.iou, want.iou, atol=0.02)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torchscript_models_dissect_their_outputs(tiny, tmp_path):
+    torch.manual_seed(2)
+    eager = SmallConv().eval()
+    torch.jit.save(torch.jit.script(eager), tmp_path / "small.ts")
+    with pytest.raises(DissectError, match="TorchScript models cannot take forward hooks"):
+        dissect(
+            tiny.path,
+            str(tmp_path / "small.ts"),
+            ["features.2"],
+            out=tmp_path,
+            workers=0,
+            progress=False,
+        )
+    got = dissect(
+        tiny.path,
+        str(tmp_path / "small.ts"),
+        ["output"],
+        out=tmp_path / "a",
+        workers=0,
+        quantile=0.1,
+        progress=False,
+    )["output"]
+    want = dissect(
+        tiny.path,
+        eager,
+        ["features.2"],
+        out=tmp_path / "b",
+        workers=0,
+        quantile=0.1,
+        progress=False,
+    )["features.2"]
+    np.testing.assert_allclose(got.thresholds, want.thresholds, rtol=1e-5)
+    assert got.units == 7
+
+
+def test_input_size_resizes_images_for_the_model(tiny, tmp_path):
+    torch.manual_seed(3)
+    model = SmallConv().eval()
+    r = dissect(tiny.path, model, ["features.2"], out=tmp_path, input_size=64, workers=0,
+                quantile=0.1, progress=False)["features.2"]  # fmt: skip
+    assert r.summary["activation_shape"] == [16, 16]  # 64 px through two stride-2 convs
+    assert r.summary["settings"]["input_size"] == 64
