@@ -101,9 +101,9 @@ def decode_class_mask(rgb: np.ndarray) -> np.ndarray:
 
     (R // 10 through a lookup table: twice as fast as numpy's integer division.)"""
     r, g, _ = cv2.split(np.ascontiguousarray(rgb))
-    cls = cv2.LUT(r, _DIV10).astype(np.uint16)
+    cls = np.asarray(cv2.LUT(r, _DIV10)).astype(np.uint16)
     cls <<= 8
-    cls |= g
+    cls |= np.asarray(g, np.uint8)
     return cls
 
 
