@@ -16,10 +16,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# The sample store, then a dissection of a random-weight ResNet-18 (no download) that
+# writes the HTML report; the last line is the report's path.
 demo: $(STAMP)
 	$(BIN)/broden build --out broden-sample.zarr
 	$(BIN)/broden info broden-sample.zarr
 	$(BIN)/broden validate broden-sample.zarr
+	$(BIN)/broden dissect broden-sample.zarr --model dissect.zoo:resnet18 \
+		--layer layer3 --layer layer4 --out demo-out
+	@echo "report: $(CURDIR)/demo-out/report.html"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -30,6 +35,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/build.py
+	$(BIN)/python bench/dissect.py
 
 clean:
 	rm -rf broden-sample.zarr broden-sample.zarr.build demo-out .pytest_cache

@@ -1,6 +1,7 @@
-"""``broden dissect``: a thin typer wrapper over :func:`dissect.dissect` and
-:func:`dissect.score_activations`. Importing this module imports only typer; torch is
-imported when the command runs."""
+"""``broden dissect`` and ``broden report``: thin typer wrappers over
+:func:`dissect.dissect`, :func:`dissect.score_activations` and
+:func:`dissect.report.write_report`. Importing this module imports only typer; torch is
+imported when a command runs."""
 
 from __future__ import annotations
 
@@ -9,14 +10,20 @@ from typing import Annotated, Any
 
 import typer
 
+from dissect.experiments_cli import ALPHA_HELP, ROTATE_HELP
+
 
 def _concept_args(values: list[str] | None) -> list[str] | None:
     return [v for v in values or [] if v.strip()] or None
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``dissect`` command to ``app``."""
+    """Add the ``dissect`` and ``report`` commands, and the experiments' ``compare`` and
+    ``segment`` (:mod:`dissect.experiments_cli`), to ``app``."""
     from broden.cli import user_errors
+    from dissect.experiments_cli import register as register_experiments
+
+    register_experiments(app)
 
     @app.command("dissect")
     @user_errors
@@ -100,13 +107,22 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option(help="also write NetDissect-Lite's tally.csv")
         ] = False,
         top_k: Annotated[int, typer.Option(help="top images per unit for the report")] = 10,
+        report: Annotated[
+            bool, typer.Option(help="write OUT/report.html (an offline HTML report) at the end")
+        ] = True,
         force: Annotated[
             bool, typer.Option(help="recompute even when OUT holds results with the same key")
         ] = False,
+        rotate: Annotated[int | None, typer.Option(metavar="SEED", help=ROTATE_HELP)] = None,
+        alpha: Annotated[list[float] | None, typer.Option("--alpha", help=ALPHA_HELP)] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
     ) -> None:
         """Dissect layers of a model (or precomputed activations) against STORE."""
         from dissect.errors import DissectError
+
+        if alpha and rotate is None:
+            raise DissectError("--alpha needs --rotate SEED")
+        rotations: list[Any] = []
 
         common: dict[str, Any] = dict(
             out=out,
@@ -129,42 +145,118 @@ def register(app: typer.Typer) -> None:
                 raise DissectError("give either --model or --activations, not both")
             if layer and len(layer) > 1:
                 raise DissectError("--activations holds one layer; give at most one --layer")
-            from dissect.pipeline import score_activations
+            if rotate is not None:
+                from dissect.experiments import run_rotation_activations
 
-            results = [
-                score_activations(
-                    store,
-                    activations,
-                    layer=layer[0] if layer else None,
-                    thresholds=thresholds,
-                    workers=workers,
-                    **common,
-                )
-            ]
+                rotations = [
+                    run_rotation_activations(
+                        store,
+                        activations,
+                        rotate,
+                        alpha or [1.0],
+                        layer=layer[0] if layer else None,
+                        thresholds=thresholds,
+                        workers=workers,
+                        **common,
+                    )
+                ]
+                results = [r.unrotated for r in rotations]
+            else:
+                from dissect.pipeline import score_activations
+
+                results = [
+                    score_activations(
+                        store,
+                        activations,
+                        layer=layer[0] if layer else None,
+                        thresholds=thresholds,
+                        workers=workers,
+                        **common,
+                    )
+                ]
         else:
             if model is None:
                 raise DissectError("give --model SPEC (with --layer NAME) or --activations FILE")
             if not layer:
                 raise DissectError("name the layers to dissect with --layer (repeatable)")
-            from dissect.pipeline import dissect
+            model_args: dict[str, Any] = dict(
+                weights=weights,
+                thresholds=thresholds,
+                workers=workers,
+                normalize=normalize,
+                input_size=input_size,
+                cache_activations=cache_activations,
+                memory_budget=memory_budget,
+                **common,
+            )
+            if rotate is not None:
+                from dissect.experiments import run_rotations
 
-            results = list(
-                dissect(
-                    store,
-                    model,
-                    layer,
-                    weights=weights,
-                    thresholds=thresholds,
-                    workers=workers,
-                    normalize=normalize,
-                    input_size=input_size,
-                    cache_activations=cache_activations,
-                    memory_budget=memory_budget,
-                    **common,
-                ).values()
+                alphas = alpha or [1.0]
+                by_layer = run_rotations(store, model, layer, rotate, alphas, **model_args)
+                rotations = list(by_layer.values())
+                results = [r.unrotated for r in rotations]
+            else:
+                from dissect.pipeline import dissect
+
+                results = list(dissect(store, model, layer, **model_args).values())
+        from dissect.report import has_random_weights
+
+        if has_random_weights(model, None if weights is None else str(weights)):
+            typer.echo(
+                f"note: {model} has random weights here (no --weights): expect few "
+                "detectors; pass --weights FILE (a state dict) to dissect a trained network"
             )
         for r in results:
             for note in r.notes:
                 typer.echo(note)
             typer.echo(r.headline())
+        for rot in rotations:
+            typer.echo(rot.format())
         typer.echo(f"results: {out}")
+        if report:
+            from dissect.report import write_report
+
+            page = write_report(
+                out,
+                store=store,
+                top_k=top_k,
+                device=device,
+                batch_size=batch_size,
+                progress=not quiet,
+            )
+            typer.echo(f"report: {page}")
+
+    @app.command("report")
+    @user_errors
+    def report_command(
+        out: Annotated[Path, typer.Argument(help="a results folder written by broden dissect")],
+        top_k: Annotated[int, typer.Option(help="top images per unit")] = 10,
+        store: Annotated[
+            Path | None,
+            typer.Option(help="the dissected store (default: the path in each summary.json)"),
+        ] = None,
+        masks: Annotated[
+            bool,
+            typer.Option(help="draw the units' masks (re-runs the model on the top images)"),
+        ] = True,
+        tile_size: Annotated[int, typer.Option(help="pixels per image in the strips")] = 112,
+        device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
+        batch_size: Annotated[int, typer.Option(help="images per batch")] = 32,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    ) -> None:
+        """Write OUT/report.html: per layer the detector headline, a bar chart by category
+        and every unit's top images with its mask (offline: images in OUT/report_files/)."""
+        from dissect.report import write_report
+
+        page = write_report(
+            out,
+            store=store,
+            top_k=top_k,
+            masks=masks,
+            tile_size=tile_size,
+            device=device,
+            batch_size=batch_size,
+            progress=not quiet,
+        )
+        typer.echo(f"report: {page}")

@@ -383,7 +383,7 @@ class _Run:
                 **settings,
             },
             "store": {
-                "path": str(s.path),
+                "path": str(Path(s.path).resolve()),
                 "fingerprint": self.store_fp,
                 "images": len(s),
                 "image_size": s.image_size,
@@ -756,7 +756,9 @@ def activation_fingerprint(acts: Any, path: Path | None) -> str:
     return h.hexdigest()[:20]
 
 
-def _open_activations(activations: Any) -> tuple[Any, Path | None]:
+def open_activations(activations: Any) -> tuple[Any, Path | None]:
+    """Precomputed activations as an array-like (a memory-mapped .npy, a Zarr array, or
+    the array given), and the file they came from (None for an in-memory array)."""
     if isinstance(activations, (str, os.PathLike)):
         path = Path(activations)
         if not path.exists():
@@ -815,7 +817,7 @@ def score_activations(
     """
     t_start = time.perf_counter()
     _check_settings(quantile, quantile_method, unit_area, iou_threshold, top_k, batch_size)
-    acts, path = _open_activations(activations)
+    acts, path = open_activations(activations)
     name = layer or (path.stem if path is not None else "activations")
     st = _open(store)
     if len(acts.shape) < 2:
@@ -829,7 +831,7 @@ def score_activations(
     given = _resolve_thresholds(thresholds, [name])
     transforms = _transforms(unit_transform, transform_key, [name])
     source = {
-        "activations": str(path) if path is not None else "array",
+        "activations": str(path.resolve()) if path is not None else "array",
         "fingerprint": activation_fingerprint(acts, path),
         "layout": layout,
         "prefix_tokens": prefix_tokens,
