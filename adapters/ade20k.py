@@ -66,7 +66,7 @@ from adapters.base import (
     SourceError,
     SourceSample,
 )
-from adapters.decode import load_mat, read_image, read_png_rgb
+from adapters.decode import load_mat, read_image, read_png_rgb, require_same_size
 from adapters.manifest import file_sha256, load_manifest
 
 
@@ -306,11 +306,7 @@ class ADE20K(Adapter):
 
         def class_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
             rgb = read_png_rgb(path)
-            if rgb.shape[:2] != shape:
-                raise SampleError(
-                    f"{path}: mask is {rgb.shape[1]}×{rgb.shape[0]} but the image {jpg.name} is "
-                    f"{shape[1]}×{shape[0]}"
-                )
+            require_same_size(path, "mask", rgb.shape, jpg.name, shape)
             cls = decode_class_mask(rgb)
             if not self._known_classes[cls].all():
                 unknown = [int(c) for c in np.unique(cls[~self._known_classes[cls]])]

@@ -35,7 +35,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from adapters.base import Adapter, RootOptions, SampleError, SourceError, SourceSample
-from adapters.decode import read_image, read_png
+from adapters.decode import read_image, read_png, require_same_size
 from adapters.manifest import load_manifest
 
 Split = Literal["training", "validation"]
@@ -218,11 +218,7 @@ class ADE20KSceneParsing(Adapter):
                     f"{png}: expected a grey (mode L) 8-bit annotation, got shape "
                     f"{labels.shape} dtype {labels.dtype}"
                 )
-            if labels.shape != image.shape[:2]:
-                raise SampleError(
-                    f"{png}: annotation is {labels.shape[1]}×{labels.shape[0]} (W×H) but the "
-                    f"image {jpg.name} is {image.shape[1]}×{image.shape[0]}"
-                )
+            require_same_size(png, "annotation", labels.shape, jpg.name, image.shape)
             present = np.flatnonzero(np.bincount(labels.ravel()))
             unknown = [int(v) for v in present if v and v not in idx.names]
             if unknown:

@@ -98,7 +98,7 @@ from adapters.base import (
     SourceSample,
     category_sort_key,
 )
-from adapters.decode import read_image, read_png_rgb
+from adapters.decode import read_image, read_png_rgb, require_same_size
 
 #: what a Broden category name may look like (it names the store's ``pixel/<category>``)
 CATEGORY_NAME = r"^[A-Za-z0-9_-]+$"
@@ -645,11 +645,7 @@ class COCO(Adapter):
         assert self.options.panoptic_masks is not None
         path = self.options.panoptic_masks / img.png
         rgb = read_png_rgb(path)
-        if rgb.shape[:2] != shape:
-            raise SampleError(
-                f"{path}: the mask is {rgb.shape[1]}×{rgb.shape[0]} but the image {img.file} is "
-                f"{shape[1]}×{shape[0]} (W×H)"
-            )
+        require_same_size(path, "the mask", rgb.shape, img.file, shape)
         ids = panoptic_ids(rgb)
         present, inverse = np.unique(ids, return_inverse=True)
         unknown = [int(s) for s in present if s and s not in img.segments]

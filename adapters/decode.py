@@ -102,6 +102,18 @@ def read_png_rgb(path: Path) -> np.ndarray:
     return arr
 
 
+def require_same_size(
+    path: Path, what: str, got: tuple[int, ...], image: str, want: tuple[int, ...]
+) -> None:
+    """Raise :class:`SampleError` unless an annotation's H×W (``got``) equals its image's
+    (``want``): a mask of another size is never resized into place."""
+    if tuple(got[:2]) != tuple(want[:2]):
+        raise SampleError(
+            f"{path}: {what} is {got[1]}×{got[0]} but the image {image} is "
+            f"{want[1]}×{want[0]} (W×H)"
+        )
+
+
 def load_mat(path: Path, **kwargs: Any) -> dict[str, Any]:
     """Load a MATLAB .mat file (v5/v7); v7.3 (HDF5) files get a clear error."""
     import scipy.io

@@ -83,7 +83,7 @@ from adapters.base import (
     SourceSample,
     category_sort_key,
 )
-from adapters.decode import read_image, read_png
+from adapters.decode import read_image, read_png, require_same_size
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 CATEGORY_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -373,11 +373,7 @@ class Folder(Adapter):
         self, path: Path, category: str, image_rel: str, shape: tuple[int, ...]
     ) -> np.ndarray:
         ids = decode_label_png(read_png(path), path)
-        if ids.shape != shape:
-            raise SampleError(
-                f"{path}: the label map is {ids.shape[1]}×{ids.shape[0]} but the image "
-                f"{image_rel} is {shape[1]}×{shape[0]} (W×H)"
-            )
+        require_same_size(path, "the label map", ids.shape, image_rel, shape)
         present = np.flatnonzero(np.bincount(ids.ravel()))
         known = self._vocab[category]
         unknown = [int(v) for v in present if v and int(v) not in known]

@@ -74,7 +74,7 @@ from adapters.base import (
     SourceError,
     SourceSample,
 )
-from adapters.decode import load_mat, read_image
+from adapters.decode import load_mat, read_image, require_same_size
 from adapters.manifest import load_manifest
 
 #: The 20 PASCAL VOC classes in the standard order (``class_ind`` 1..20).
@@ -511,14 +511,6 @@ class Pascal(Adapter):
         return sample
 
 
-def _size_error(
-    path: Path, what: str, got: tuple[int, ...], jpg: Path, want: tuple[int, ...]
-) -> SampleError:
-    return SampleError(
-        f"{path}: {what} is {got[1]}×{got[0]} (W×H) but the image {jpg.name} is {want[1]}×{want[0]}"
-    )
-
-
 def _context_objects(
     path: Path, lut: np.ndarray, valid: np.ndarray, shape: tuple[int, ...], jpg: Path
 ) -> np.ndarray:
@@ -534,8 +526,7 @@ def _context_objects(
         )
     if label_map.ndim != 2:
         raise SampleError(f"{path}: LabelMap has shape {label_map.shape}; expected H×W")
-    if label_map.shape != shape:
-        raise _size_error(path, "LabelMap", label_map.shape, jpg, shape)
+    require_same_size(path, "LabelMap", label_map.shape, jpg.name, shape)
     values = np.unique(label_map)
     bad = [int(v) for v in values if v < 0 or v >= len(valid) or not valid[v]]
     if bad:
@@ -572,8 +563,7 @@ def _paint_parts(
                         f"{code!r}, which the part table does not list for that class"
                     )
                 mask = np.asarray(part["mask"])
-                if mask.shape != shape:
-                    raise _size_error(path, f"mask of part {code!r}", mask.shape, jpg, shape)
+                require_same_size(path, f"mask of part {code!r}", mask.shape, jpg.name, shape)
                 part_map[mask > 0] = pid
     except (KeyError, IndexError, ValueError, TypeError) as e:
         raise SampleError(
