@@ -128,8 +128,9 @@ class _ReleaseKinds:
         return dict(obj._release().kinds)
 
 
-def _read_csv(path: Path, fields: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
-    """(line number, row) of a CSV whose header must start with ``fields``."""
+def _csv_rows(path: Path, fields: Sequence[str]) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(header, [(line number, row)]) of a CSV whose header must start with ``fields``;
+    every row must have the header's number of fields (blank lines are skipped)."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
@@ -150,14 +151,20 @@ def _read_csv(path: Path, fields: Sequence[str]) -> list[tuple[int, dict[str, st
                         f"{_TITLE}: {path}:{reader.line_num}: {len(row)} fields, but the header "
                         f"has {len(header)}"
                     )
-                rows.append((reader.line_num, dict(zip(header, row, strict=True))))
-            return rows
+                rows.append((reader.line_num, row))
+            return header, rows
     except FileNotFoundError:
         raise SourceError(f"{_TITLE}: {path} is missing") from None
     except UnicodeDecodeError as e:
         raise SourceError(f"{_TITLE}: {path} is not UTF-8 text ({e})") from None
     except csv.Error as e:
         raise SourceError(f"{_TITLE}: {path}: not a readable CSV file ({e})") from None
+
+
+def _read_csv(path: Path, fields: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row as a dict) of a CSV whose header must start with ``fields``."""
+    header, rows = _csv_rows(path, fields)
+    return [(line, dict(zip(header, row, strict=True))) for line, row in rows]
 
 
 def _int(path: Path, line: int, column: str, value: str) -> int:
@@ -340,63 +347,42 @@ class BrodenLegacy(Adapter):
 
     @staticmethod
     def _read_index(path: Path, categories: list[str]) -> tuple[_Index, int, int]:
-        try:
-            with open(path, newline="", encoding="utf-8") as f:
-                reader = csv.reader(f)
-                header = next(reader, None)
-                if header is None:
-                    raise SourceError(f"{_TITLE}: {path} is empty")
-                columns = header[len(INDEX_FIELDS) :]
-                if tuple(header[: len(INDEX_FIELDS)]) != INDEX_FIELDS or sorted(columns) != sorted(
-                    categories
-                ):
-                    raise SourceError(
-                        f"{_TITLE}: {path} has header {','.join(header)!r}; expected "
-                        f"{','.join(INDEX_FIELDS + tuple(categories))!r} (the categories of "
-                        "category.csv)"
-                    )
-                position = [columns.index(c) + len(INDEX_FIELDS) for c in categories]
-                index = _Index([], [], [])
-                seen: set[str] = set()
-                sizes: list[str] | None = None
-                first_line = 0
-                for row in reader:
-                    if not row:
-                        continue
-                    line = reader.line_num
-                    if len(row) != len(header):
-                        raise SourceError(
-                            f"{_TITLE}: {path}:{line}: {len(row)} fields, but the header has "
-                            f"{len(header)}"
-                        )
-                    image = row[0]
-                    parts = image.split("/")
-                    if len(parts) < 2 or not _safe_relpath(image):
-                        raise SourceError(
-                            f"{_TITLE}: {path}:{line}: image {image!r} is not a relative path "
-                            "'<datasource>/<file>' under images/"
-                        )
-                    if image in seen:
-                        raise SourceError(f"{_TITLE}: {path}:{line}: image {image} is listed twice")
-                    seen.add(image)
-                    if sizes is None:
-                        sizes, first_line = row[2:6], line
-                        for c, v in zip(INDEX_FIELDS[2:], sizes, strict=True):
-                            _int(path, line, c, v)
-                    elif row[2:6] != sizes:
-                        raise SourceError(
-                            f"{_TITLE}: {path}:{line}: ih,iw,sh,sw = {','.join(row[2:6])}, but "
-                            f"{','.join(sizes)} on line {first_line}; a release has one image size"
-                        )
-                    index.images.append(image)
-                    index.splits.append(row[1])
-                    index.cells.append(tuple(row[p] for p in position))
-        except FileNotFoundError:
-            raise SourceError(f"{_TITLE}: {path} is missing") from None
-        except UnicodeDecodeError as e:
-            raise SourceError(f"{_TITLE}: {path} is not UTF-8 text ({e})") from None
-        except csv.Error as e:
-            raise SourceError(f"{_TITLE}: {path}: not a readable CSV file ({e})") from None
+        header, rows = _csv_rows(path, INDEX_FIELDS)
+        columns = header[len(INDEX_FIELDS) :]
+        if sorted(columns) != sorted(categories):
+            raise SourceError(
+                f"{_TITLE}: {path} has header {','.join(header)!r}; expected "
+                f"{','.join(INDEX_FIELDS + tuple(categories))!r} (the categories of "
+                "category.csv)"
+            )
+        position = [columns.index(c) + len(INDEX_FIELDS) for c in categories]
+        index = _Index([], [], [])
+        seen: set[str] = set()
+        sizes: list[str] | None = None
+        first_line = 0
+        for line, row in rows:
+            image = row[0]
+            parts = image.split("/")
+            if len(parts) < 2 or not _safe_relpath(image):
+                raise SourceError(
+                    f"{_TITLE}: {path}:{line}: image {image!r} is not a relative path "
+                    "'<datasource>/<file>' under images/"
+                )
+            if image in seen:
+                raise SourceError(f"{_TITLE}: {path}:{line}: image {image} is listed twice")
+            seen.add(image)
+            if sizes is None:
+                sizes, first_line = row[2:6], line
+                for c, v in zip(INDEX_FIELDS[2:], sizes, strict=True):
+                    _int(path, line, c, v)
+            elif row[2:6] != sizes:
+                raise SourceError(
+                    f"{_TITLE}: {path}:{line}: ih,iw,sh,sw = {','.join(row[2:6])}, but "
+                    f"{','.join(sizes)} on line {first_line}; a release has one image size"
+                )
+            index.images.append(image)
+            index.splits.append(row[1])
+            index.cells.append(tuple(row[p] for p in position))
         if sizes is None:
             raise SourceError(f"{_TITLE}: {path} lists no images")
         ih, iw, sh, sw = (int(v) for v in sizes)
