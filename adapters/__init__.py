@@ -71,8 +71,10 @@ def get_adapter_class(name: str) -> type[Adapter]:
     module_name, _, attr = known[name].partition(":")
     try:
         cls = getattr(import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise SourceError(f"adapter {name!r} ({known[name]}) cannot be loaded: {e}") from None
+    except Exception as e:  # a plugin's import can fail in any way; name it, no traceback
+        raise SourceError(
+            f"adapter {name!r} ({known[name]}) cannot be loaded: {type(e).__name__}: {e}"
+        ) from None
     if not (isinstance(cls, type) and issubclass(cls, Adapter)):
         raise SourceError(f"adapter {name!r} ({known[name]}) is not an Adapter subclass")
     return cls

@@ -24,7 +24,7 @@ names each path)::
         instances_{train,val}2017.json          ``annotations:`` (instances)
         stuff_{train,val}2017.json              ``annotations:`` (COCO-Stuff)
         panoptic_{train,val}2017.json           ``annotations:`` (panoptic) ...
-        panoptic_{train,val}2017/<id>.png       ... with ``panoptic_masks:`` (unzip the
+        panoptic_{train,val}2017/<id>.png       ... with ``panoptic:`` (unzip the
                                                 nested panoptic_{split}2017.zip here)
       lvis_v1_{train,val}.json                  LVIS: ``images: coco`` (its file names are
                                                 ``train2017/<id>.jpg`` from ``coco_url``)
@@ -34,9 +34,9 @@ Config keys (there is no ``root``)::
     - adapter: coco
       images: coco/val2017                     folder the json's file names are relative to
       annotations: coco/annotations/panoptic_val2017.json
-      panoptic_masks: coco/annotations/panoptic_val2017   (panoptic json only)
+      panoptic: coco/annotations/panoptic_val2017         (panoptic json only)
       category: object                         Broden category of the labels (default object)
-      stuff_category: null                     category for ``isthing: 0`` classes (panoptic)
+      stuff_category: object                   category for ``isthing: 0`` classes (panoptic)
       supercategories: {}                      {COCO supercategory: Broden category}
       exclude_categories: []                   COCO category ids to leave out (COCO-Stuff: [183])
       include_crowd: true                      ``iscrowd: 1`` regions are pixels of their class
@@ -47,10 +47,11 @@ panoptic json says this, COCO-Stuff's stuff json holds nothing else, so give it
 ``category`` instead), then ``category``. A COCO category lives in one Broden category.
 
 Labels: local id = COCO category id (non-contiguous is fine, ≤ 65535); names = the
-category ``name`` then LVIS ``synonyms``, "_" read as " ". COCO's naming suffixes are
-dropped for the preferred name and the raw name follows as a synonym
-("sky-other-merged" → "sky", "sky-other-merged"; "door-stuff" → "door", "door-stuff"),
-so that stuff classes can merge with other sources' concepts of the same name.
+category ``name`` without COCO's naming suffixes ``-merged``, ``-other``, ``-stuff``
+("sky-other-merged" → "sky", "door-stuff" → "door"), then LVIS ``synonyms``, "_" read
+as " ". The suffixed name is not kept as a synonym: under Broden's claiming rule an
+unclaimed synonym would found a concept of its own, so stuff classes could not merge
+with other sources' concepts of the same name ("sky" of ADE20K and of COCO-Stuff).
 
 Overlaps: annotations (instances format) may overlap, of the same or of different
 classes. Each Broden category gets a stack of layers filled greedily, annotations in
@@ -68,7 +69,7 @@ to ``images`` (its ``file_name``). Images without annotations are kept. LVIS's
 Errors. :class:`SourceError` (at :meth:`COCO.check`, before any work): a missing or
 unparsable json, a json of the wrong shape, duplicate image or category ids,
 annotations naming image ids the json does not list, a panoptic json without
-``panoptic_masks``. :class:`SampleError` (that image is skipped): an annotation whose
+``panoptic``. :class:`SampleError` (that image is skipped): an annotation whose
 category id is not in ``categories``, a malformed segmentation, an RLE whose size
 differs from the image or whose run lengths do not add up to it, a missing or corrupt
 image or PNG, a panoptic PNG holding a segment id its ``segments_info`` lacks.
@@ -87,7 +88,7 @@ from typing import Any, Literal
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from adapters.base import (
     Adapter,
@@ -99,6 +100,7 @@ from adapters.base import (
     category_sort_key,
 )
 from adapters.decode import read_image, read_png_rgb, require_same_size
+from adapters.layers import paint_layers
 
 #: what a Broden category name may look like (it names the store's ``pixel/<category>``)
 CATEGORY_NAME = r"^[A-Za-z0-9_-]+$"
@@ -112,14 +114,17 @@ class COCOOptions(AdapterOptions):
 
     images: Path = Field(description="folder the json's image file names are relative to")
     annotations: Path = Field(description="the json: instances, COCO-Stuff, LVIS or panoptic")
-    panoptic_masks: Path | None = Field(
-        None, description="folder of the panoptic PNGs (only for a panoptic json)"
+    panoptic: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("panoptic", "panoptic_masks"),
+        description="folder of the panoptic PNGs (only for a panoptic json; the older "
+        "spelling `panoptic_masks` is accepted)",
     )
     category: str = Field(
         "object", pattern=CATEGORY_NAME, description="Broden category of the labels"
     )
-    stuff_category: str | None = Field(
-        None,
+    stuff_category: str = Field(
+        "object",
         pattern=CATEGORY_NAME,
         description="Broden category for classes with isthing == 0 (panoptic json)",
     )
@@ -147,7 +152,7 @@ class COCOOptions(AdapterOptions):
         if isinstance(data, dict) and "root" in data:
             raise ValueError(
                 "the coco adapter has no `root`: give `images` (image folder), `annotations` "
-                "(the json) and, for a panoptic json, `panoptic_masks` (the PNG folder)"
+                "(the json) and, for a panoptic json, `panoptic` (the PNG folder)"
             )
         return data
 
@@ -175,7 +180,7 @@ class _Image:
     height: int
     width: int
     anns: list[_Ann] = field(default_factory=list)
-    png: str | None = None  # panoptic PNG file name, relative to `panoptic_masks`
+    png: str | None = None  # panoptic PNG file name, relative to `panoptic`
     segments: dict[int, int] = field(default_factory=dict)  # panoptic: segment id -> category
     error: str | None = None  # found while indexing; raised as SampleError by load()
 
@@ -200,11 +205,9 @@ def clean_name(name: str) -> str:
 
 def category_names(cat: dict[str, Any]) -> list[str]:
     """Names of a COCO category, preferred first: the name without COCO's ``-merged``,
-    ``-other``, ``-stuff`` suffixes, the name itself, then LVIS ``synonyms``."""
+    ``-other``, ``-stuff`` suffixes (see the module docstring), then LVIS ``synonyms``."""
     raw = clean_name(str(cat["name"]))
-    plain = _SUFFIXES.sub("", raw)
-    names = [plain] if plain else []
-    names.append(raw)
+    names = [_SUFFIXES.sub("", raw) or raw]
     names += [clean_name(str(s)) for s in cat.get("synonyms") or []]
     return list(dict.fromkeys(n for n in names if n))
 
@@ -360,17 +363,17 @@ class COCO(Adapter):
             self._index_instances(anns, by_id, categories)
         if not images:
             raise SourceError(f"COCO: {path} lists no images")
-        if panoptic and opts.panoptic_masks is None:
+        if panoptic and opts.panoptic is None:
             raise SourceError(
                 f"COCO: {path} is a panoptic json (annotations with segments_info): set "
-                "`panoptic_masks` to the folder of its PNGs (e.g. annotations/panoptic_val2017)"
+                "`panoptic` to the folder of its PNGs (e.g. annotations/panoptic_val2017)"
             )
-        if not panoptic and opts.panoptic_masks is not None:
+        if not panoptic and opts.panoptic is not None:
             raise SourceError(
-                f"COCO: `panoptic_masks` is set but {path} is not a panoptic json (its "
+                f"COCO: `panoptic` is set but {path} is not a panoptic json (its "
                 "annotations have no segments_info)"
             )
-        for name, folder in (("images", opts.images), ("panoptic_masks", opts.panoptic_masks)):
+        for name, folder in (("images", opts.images), ("panoptic", opts.panoptic)):
             if folder is not None and not folder.is_dir():
                 raise SourceError(f"COCO: `{name}` folder {folder} does not exist")
         info = data.get("info") if isinstance(data.get("info"), dict) else {}
@@ -642,8 +645,8 @@ class COCO(Adapter):
     def _panoptic_maps(self, img: _Image, shape: tuple[int, int]) -> dict[str, np.ndarray]:
         if img.png is None:  # listed in `images` without a panoptic annotation: unlabeled
             return {c: np.zeros((1, *shape), np.uint16) for c in self.categories}
-        assert self.options.panoptic_masks is not None
-        path = self.options.panoptic_masks / img.png
+        assert self.options.panoptic is not None
+        path = self.options.panoptic / img.png
         rgb = read_png_rgb(path)
         require_same_size(path, "the mask", rgb.shape, img.file, shape)
         ids = panoptic_ids(rgb)
@@ -698,28 +701,3 @@ def panoptic_ids(rgb: np.ndarray) -> np.ndarray:
     """Segment ids of a panoptic PNG: R + 256·G + 256²·B (panopticapi's ``rgb2id``)."""
     rgb = rgb.astype(np.uint32)
     return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
-
-
-def paint_layers(
-    layers: list[np.ndarray],
-    label: int,
-    mask: np.ndarray,
-    box: tuple[slice, slice],
-    shape: tuple[int, int],
-) -> int:
-    """Add one annotation (``mask``: bool, the crop ``box`` of the image) to a layer stack.
-
-    It goes into the first layer where every pixel under it is 0 or already ``label``
-    (so nothing is overwritten and same-class overlaps share a layer), or into a new
-    layer appended to ``layers``. Returns the layer index used.
-    """
-    for k, layer in enumerate(layers):
-        region = layer[box]
-        under = region[mask]
-        if np.all((under == 0) | (under == label)):
-            region[mask] = label
-            return k
-    layer = np.zeros(shape, np.uint16)
-    layer[box][mask] = label
-    layers.append(layer)
-    return len(layers) - 1

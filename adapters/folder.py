@@ -1,7 +1,7 @@
-"""Your own concept set from a plain folder: images, label PNGs and a labels CSV.
+"""Your own concept set from a plain folder: images, label PNGs or masks, a labels CSV.
 
 Layout (``root`` is the folder; image subfolders are allowed and mirrored under
-``labels/``)::
+``labels/`` and ``masks/``)::
 
     my_concepts/
       labels.csv                          id,name,category[,synonyms]
@@ -14,6 +14,11 @@ Layout (``root`` is the folder; image subfolders are allowed and mirrored under
         street_01_material_1.png          layers 1, 2, ... of category `material` where
         street_01_material_2.png          its labels overlap
         shop/window_07_object.png
+      masks/                              optional: per-concept binary masks
+        street_01/object/1.png            one mask of `object` id 1 (car) on street_01
+        street_01/object/1_b.png          another mask of id 1 (a second car), any tag
+        street_01/material/300_a.png      masks may overlap, of one id or of several
+        shop/window_07/object/2.png
 
 ``labels.csv`` (header required; UTF-8)::
 
@@ -39,22 +44,45 @@ Layout (``root`` is the folder; image subfolders are allowed and mirrored under
 
 A category named in ``image_labels.csv`` is a whole-image category (kind ``image``);
 every other category of ``labels.csv`` is per-pixel (kind ``pixel``) and has its maps
-in ``labels/``. A label map is ``labels/<image path without extension>_<category>.png``
+in ``labels/``, its masks in ``masks/``, or both (either folder may be absent, not
+both). A label map is ``labels/<image path without extension>_<category>.png``
 (one layer), or ``..._<category>_<k>.png`` for k = 1, 2, ... consecutive (several layers,
 first = dominant; do not mix the two forms). Its pixel values are the label ids:
 
 - a grey PNG (8- or 16-bit) or a palette PNG (the palette indices): the value is the id;
 - an 8-bit RGB(A) PNG: id = R + 256·G, Broden's encoding (B and alpha are ignored).
 
-Label maps must have the image's size. An image without label files and without
-image labels is kept (its colors still count).
+Per-concept masks (``masks/``) are a second way to give per-pixel labels, e.g. one
+PNG per object instance exported from an annotation tool:
+``masks/<image path without extension>/<category>/<id>.png``, or ``.../<id>_<tag>.png``
+(any tag) for several masks of one id. ``<category>`` is a per-pixel category of
+``labels.csv`` and ``<id>`` one of its ids. A mask is binary, pixel ≠ 0 is the label:
+
+- a grey PNG (8- or 16-bit, 1-bit too) or a palette PNG: value (palette index) ≠ 0;
+- an RGB(A) PNG: any of R, G, B ≠ 0 (alpha is ignored: draw the shape, not just its
+  transparency). An all-zero mask is allowed and adds nothing.
+
+Masks may overlap, of the same id or of different ids; they are layered without ever
+overwriting (:func:`adapters.layers.paint_layers`, as in the ``coco`` adapter): each
+mask, in file-name order (sorted as strings: ``10.png`` before ``2.png``), goes into
+the first layer where every pixel under it is 0 or already its id, else into a new
+layer. An image may have both label maps and masks of one category: the label maps'
+layers come first, and the masks are painted onto them the same way (into free
+pixels, never overwriting). So an id's pixels (any layer) are exactly its label-map
+pixels plus the union of its masks. An image whose masks of a category are all empty
+gets one all-zero layer of it.
+
+Label maps and masks must have the image's size. An image without label files or
+masks and without image labels is kept (its colors still count).
 
 Checks. :meth:`Folder.check` (before any work; :class:`SourceError`): the folders and
 CSVs exist and parse, ids are in range and unique, every label file names an image and
 a per-pixel category, layer numbers are consecutive, every ``image_labels.csv`` row
-names an image and known ids. At :meth:`Folder.load` (:class:`SampleError`, the image
-is skipped): an unreadable image or PNG, a label map of another size than its image, a
-pixel value that is not an id of ``labels.csv``.
+names an image and known ids, every mask file is a ``.png`` named ``<id>.png`` or
+``<id>_<tag>.png`` under ``masks/<image>/<category>/`` with a known image, a per-pixel
+category and an id of that category. At :meth:`Folder.load` (:class:`SampleError`, the
+image is skipped): an unreadable image or PNG, a label map or mask of another size than
+its image, a label-map pixel value that is not an id of ``labels.csv``.
 
 Optional config keys ``title``, ``license`` and ``citation`` are recorded in the store's
 provenance.
@@ -84,12 +112,14 @@ from adapters.base import (
     category_sort_key,
 )
 from adapters.decode import read_image, read_png, require_same_size
+from adapters.layers import paint_layers
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 CATEGORY_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 MAX_LABEL = 65535
 LABELS_CSV = "labels.csv"
 IMAGE_LABELS_CSV = "image_labels.csv"
+MASK_NAME = re.compile(r"^(\d+)(?:_(.+))?\.png$", re.IGNORECASE)
 
 
 class FolderOptions(RootOptions):
@@ -105,6 +135,8 @@ class _Entry:
     rel: str  # image path relative to images/, posix
     layers: dict[str, list[str]] = field(default_factory=dict)  # category -> files in labels/
     image_labels: dict[str, list[int]] = field(default_factory=dict)
+    #: category -> (id, file in masks/), in file-name order
+    masks: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -214,6 +246,26 @@ def decode_label_png(arr: np.ndarray, path: Path) -> np.ndarray:
     )
 
 
+def decode_mask_png(arr: np.ndarray, path: Path) -> np.ndarray:
+    """A decoded mask PNG as bool H×W: grey/palette value ≠ 0, or any of R, G, B ≠ 0."""
+    if arr.ndim == 2:
+        return arr != 0
+    if arr.ndim == 3:
+        return np.any(arr[..., :3] != 0, axis=2)
+    raise SampleError(
+        f"{path}: a mask must be a grey, palette or RGB(A) PNG, got shape {arr.shape}"
+    )
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """The smallest (rows, cols) crop holding every True pixel of ``mask``; None if empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if not rows.size:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
 def _walk(folder: Path) -> list[str]:
     """Posix paths of the non-hidden files under ``folder``, relative to it, sorted."""
     out = []
@@ -225,7 +277,7 @@ def _walk(folder: Path) -> list[str]:
 
 
 class Folder(Adapter):
-    """A user's concept set: ``images/``, ``labels/*.png``, ``labels.csv``."""
+    """A user's concept set: ``images/``, ``labels/*.png``, ``masks/``, ``labels.csv``."""
 
     name = "folder"
     #: declared by the folder itself: ``labels.csv`` names the categories,
@@ -280,6 +332,7 @@ class Folder(Adapter):
                 )
             entries[stem] = _Entry(rel)
         self._scan_labels(root / "labels", entries)
+        self._scan_masks(root / "masks", entries)
         by_rel = {e.rel: e for e in entries.values()}
         for row in self._rows:
             entry = by_rel.get(row.image) or entries.get(row.image)
@@ -295,10 +348,11 @@ class Folder(Adapter):
         pixel_cats = [c for c, k in self._kinds.items() if k == "pixel"]
         image_cats = [c for c, k in self._kinds.items() if k == "image"]
         if not labels_dir.is_dir():
-            if pixel_cats:
+            if pixel_cats and not (labels_dir.parent / "masks").is_dir():
                 raise SourceError(
-                    f"folder: {labels_dir} is missing; {LABELS_CSV} has per-pixel categories "
-                    f"{pixel_cats} (whole-image categories are those in {IMAGE_LABELS_CSV})"
+                    f"folder: {labels_dir} (label maps) and masks/ (per-concept masks) are "
+                    f"missing; {LABELS_CSV} has per-pixel categories {pixel_cats} "
+                    f"(whole-image categories are those in {IMAGE_LABELS_CSV})"
                 )
             return
         found: dict[tuple[str, str], dict[int, str]] = {}  # (stem, cat) -> layer -> file
@@ -338,6 +392,55 @@ class Folder(Adapter):
                 )
             entries[stem].layers[cat] = [layers[k] for k in numbers]
 
+    def _scan_masks(self, masks_dir: Path, entries: dict[str, _Entry]) -> None:
+        """Check and index ``masks/<image stem>/<category>/<id>[_<tag>].png``."""
+        if not masks_dir.is_dir():
+            return
+        layout = "masks/<image path without extension>/<category>/<id>.png or <id>_<tag>.png"
+        for rel in _walk(masks_dir):  # sorted: masks of one image and category by file name
+            path = masks_dir / rel
+            parts = rel.split("/")
+            if not rel.lower().endswith(".png"):
+                raise SourceError(f"folder: {path}: masks must be .png files ({layout})")
+            if len(parts) < 3:
+                raise SourceError(f"folder: {path}: misplaced mask; expected {layout}")
+            stem, cat, name = "/".join(parts[:-2]), parts[-2], parts[-1]
+            if stem not in entries:
+                bare = PurePosixPath(stem).with_suffix("").as_posix()
+                hint = (
+                    f"; name the folder {bare}, without the extension"
+                    if bare in entries and entries[bare].rel == stem
+                    else ""
+                )
+                raise SourceError(
+                    f"folder: {path}: no image {stem}.jpg/.jpeg/.png in images/ ({layout}){hint}"
+                )
+            kind = self._kinds.get(cat)
+            if kind is None:
+                pixel_cats = [c for c, k in self._kinds.items() if k == "pixel"]
+                raise SourceError(
+                    f"folder: {path}: category {cat!r} is not in {LABELS_CSV} "
+                    f"(per-pixel: {pixel_cats})"
+                )
+            if kind == "image":
+                raise SourceError(
+                    f"folder: {path}: category {cat!r} is a whole-image category "
+                    f"({IMAGE_LABELS_CSV}); masks are for per-pixel categories"
+                )
+            m = MASK_NAME.match(name)
+            if m is None:
+                raise SourceError(
+                    f"folder: {path}: bad mask file name {name!r}; expected <id>.png or "
+                    f"<id>_<tag>.png with <id> a {cat} id of {LABELS_CSV}"
+                )
+            label = int(m.group(1))
+            if label not in self._vocab[cat]:
+                raise SourceError(
+                    f"folder: {path}: id {label} is not in {LABELS_CSV} for category {cat} "
+                    f"(its ids: {sorted(self._vocab[cat])[:10]})"
+                )
+            entries[stem].masks.setdefault(cat, []).append((label, rel))
+
     # -- adapter duties -------------------------------------------------------------------
 
     def check(self) -> None:
@@ -357,14 +460,21 @@ class Folder(Adapter):
         root = self.options.root
         image = read_image(root / "images" / entry.rel)
         sample = SourceSample(source_id=entry.rel, image=image)
+        shape = (image.shape[0], image.shape[1])
         for cat in self.categories:
-            if self._kinds[cat] == "pixel" and cat in entry.layers:
-                sample.pixel[cat] = np.stack(
-                    [
-                        self._label_map(root / "labels" / f, cat, entry.rel, image.shape[:2])
-                        for f in entry.layers[cat]
-                    ]
-                )
+            if self._kinds[cat] == "pixel" and (cat in entry.layers or cat in entry.masks):
+                layers = [
+                    self._label_map(root / "labels" / f, cat, entry.rel, shape)
+                    for f in entry.layers.get(cat, [])
+                ]
+                for label, f in entry.masks.get(cat, []):
+                    path = root / "masks" / f
+                    mask = decode_mask_png(read_png(path), path)
+                    require_same_size(path, "the mask", mask.shape, entry.rel, shape)
+                    box = _bounding_box(mask)
+                    if box is not None:
+                        paint_layers(layers, label, mask[box], box, shape)
+                sample.pixel[cat] = np.stack(layers) if layers else np.zeros((1, *shape), np.uint16)
             elif self._kinds[cat] == "image" and cat in entry.image_labels:
                 sample.image_labels[cat] = list(entry.image_labels[cat])
         return sample

@@ -6,10 +6,12 @@ Public API::
     summary = build(load_config("configs/broden1.yaml"), "broden1_224.zarr", workers=8)
     store = open_store("broden1_224.zarr")
     sample = store.sample(0)          # image, pixel labels, image labels, source, split
+    add("broden1_224.zarr", load_config("my_coco.yaml"))   # append sources; ids kept
 """
 
 from broden.build import BuildError, BuildSummary, build
 from broden.config import BuildConfig, ConfigError, load_config, parse_config
+from broden.extend import add
 from broden.store import BrodenStore, StoreError, open_store, validate_store
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "BuildSummary",
     "ConfigError",
     "StoreError",
+    "add",
     "build",
     "load_config",
     "open_store",

@@ -29,6 +29,7 @@ import shutil
 import struct
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -51,7 +52,7 @@ from adapters import (
 from adapters.colors import color_counts, color_labels, color_vocabulary
 from broden.config import BuildConfig, make_adapters
 from broden.imaging import label_grid, resize_image, sample_labels
-from broden.runners import RunnerError, make_runner
+from broden.runners import Runner, RunnerError, make_runner
 from broden.schema import (
     FORMAT_VERSION,
     BuildReport,
@@ -427,12 +428,20 @@ def _array(group: zarr.Group, name: str) -> zarr.Array:
 
 def run_write_task(shard: int, layout: Layout) -> dict[str, str]:
     """Assemble and write one store shard; record its digests."""
-    plan: Plan = _STATE["plan"]
-    staging: Path = _STATE["staging"]
     store = zarr.open_group(_STATE["store"], mode="r+")
-    S, L = plan.config.image_size, plan.config.label_size
     start = shard * layout.shard
     stop = min(start + layout.shard, layout.n)
+    digests = write_block(store, start, assemble_rows(layout, start, stop))
+    _atomic_write_json(_STATE["staging"] / "written" / f"{shard:05d}.json", digests)
+    return digests
+
+
+def assemble_rows(layout: Layout, start: int, stop: int) -> Block:
+    """Rows ``[start, stop)`` of ``layout`` from the staged tasks, in concept ids, with the
+    layers of ``layout.categories`` (zeros where a row has fewer layers or none)."""
+    plan: Plan = _STATE["plan"]
+    staging: Path = _STATE["staging"]
+    S, L = plan.config.image_size, plan.config.label_size
     n = stop - start
     cache: dict[int, zarr.Group] = {}
 
@@ -480,9 +489,7 @@ def run_write_task(shard: int, layout: Layout) -> dict[str, str]:
         blk.source_id.append(m["source_id"])
         blk.split.append(m["split"])
     blk.orig_size = np.array([layout.meta[start + r]["orig_size"] for r in range(n)], np.int32)
-    digests = write_block(store, start, blk)
-    _atomic_write_json(staging / "written" / f"{shard:05d}.json", digests)
-    return digests
+    return blk
 
 
 # -- the driver ----------------------------------------------------------------------------
@@ -543,6 +550,49 @@ def _load_records(staging: Path, plan: Plan) -> dict[int, dict[str, Any]]:
     return records
 
 
+def prepare_all(
+    plan: Plan, runner: Runner, records: dict[int, dict[str, Any]], strict: bool, progress: bool
+) -> None:
+    """Phase 1: run every task not in ``records`` (finished ones are reused); add theirs."""
+    todo = [t for t in range(len(plan.tasks)) if t not in records]
+    done_samples = sum(plan.tasks[t][1] - plan.tasks[t][0] for t in records)
+    bar = tqdm(total=len(plan.candidates), initial=done_samples, desc="prepare", unit="img",
+               disable=not progress)  # fmt: skip
+
+    def task_done(rec: dict[str, Any], args: tuple[Any, ...]) -> None:
+        records[rec["task"]] = rec
+        bar.update(len(rec["samples"]))
+        if strict:
+            bad = [s for s in rec["samples"] if "reason" in s]
+            if bad:
+                raise BuildError(
+                    f"--strict: sample {bad[0]['source']}:{bad[0]['source_id']} cannot be "
+                    f"used: {bad[0]['reason']}"
+                )
+
+    runner.run(run_prepare_task, [(t,) for t in todo], task_done)
+    bar.close()
+
+
+def start_staging(staging: Path, plan: Plan) -> dict[int, dict[str, Any]]:
+    """Create (or reopen) the staging folder of ``plan``; the finished tasks' records.
+
+    A staging folder left by a run with another fingerprint is an error, not reused."""
+    (staging / "tasks").mkdir(parents=True, exist_ok=True)
+    (staging / "written").mkdir(exist_ok=True)
+    plan_file = staging / "plan.json"
+    if plan_file.exists():
+        old = json.loads(plan_file.read_text()).get("fingerprint")
+        if old != plan.fingerprint:
+            raise BuildError(
+                f"{staging} holds an interrupted run of another config or other source files; "
+                "pass --overwrite to start over (or delete that folder)"
+            )
+    else:
+        _atomic_write_json(plan_file, {"fingerprint": plan.fingerprint, "tasks": len(plan.tasks)})
+    return _load_records(staging, plan)
+
+
 def build(
     config: BuildConfig,
     out: str | Path,
@@ -572,6 +622,11 @@ def build(
 
     if out.exists():
         existing = _existing_attrs(out)
+        if existing is not None and existing.adding is not None:
+            raise BuildError(
+                f"{out} is incomplete: a `broden add` to it was interrupted; run that same "
+                "`broden add` command again to finish it (or pass --overwrite to rebuild)"
+            )
         if existing is not None and existing.complete:
             if existing.build_fingerprint != plan.fingerprint:
                 raise BuildError(
@@ -586,20 +641,7 @@ def build(
         if existing is None and any(out.iterdir()):
             raise BuildError(f"{out} exists and is not a broden store; refusing to write into it")
 
-    (staging / "tasks").mkdir(parents=True, exist_ok=True)
-    (staging / "written").mkdir(exist_ok=True)
-    plan_file = staging / "plan.json"
-    if plan_file.exists():
-        old = json.loads(plan_file.read_text()).get("fingerprint")
-        if old != plan.fingerprint:
-            raise BuildError(
-                f"{staging} holds an interrupted build of another config or other source files; "
-                "pass --overwrite to start over"
-            )
-    else:
-        _atomic_write_json(plan_file, {"fingerprint": plan.fingerprint, "tasks": len(plan.tasks)})
-
-    records = _load_records(staging, plan)
+    records = start_staging(staging, plan)
     reused = len(records)
     try:
         runner = make_runner(
@@ -608,27 +650,7 @@ def build(
     except RunnerError as e:
         raise BuildError(str(e)) from None
     try:
-        todo = [t for t in range(len(plan.tasks)) if t not in records]
-        total = len(plan.candidates)
-        done_samples = sum(plan.tasks[t][1] - plan.tasks[t][0] for t in records)
-        bar = tqdm(
-            total=total, initial=done_samples, desc="prepare", unit="img", disable=not progress
-        )
-
-        def task_done(rec: dict[str, Any], args: tuple[Any, ...]) -> None:
-            records[rec["task"]] = rec
-            bar.update(len(rec["samples"]))
-            if strict:
-                bad = [s for s in rec["samples"] if "reason" in s]
-                if bad:
-                    raise BuildError(
-                        f"--strict: sample {bad[0]['source']}:{bad[0]['source_id']} cannot be "
-                        f"used: {bad[0]['reason']}"
-                    )
-
-        runner.run(run_prepare_task, [(t,) for t in todo], task_done)
-        bar.close()
-
+        prepare_all(plan, runner, records, strict, progress)
         unified, layout, report = _unify(plan, records)
         if strict and report.skipped:
             s = report.skipped[0]
@@ -672,8 +694,10 @@ def _existing_attrs(out: Path) -> StoreAttrs | None:
         return None
 
 
-def _unify(plan: Plan, records: dict[int, dict[str, Any]]) -> tuple[Unified, Layout, BuildReport]:
-    cfg = plan.config
+def collect_stats(
+    records: dict[int, dict[str, Any]],
+) -> tuple[dict[Key, KeyStats], dict[tuple[Key, Key], int]]:
+    """The label statistics (coverage in images) and part-of pixels of all task records."""
     stats: dict[Key, KeyStats] = defaultdict(KeyStats)
     part_of: dict[tuple[Key, Key], int] = defaultdict(int)
     for t in sorted(records):
@@ -684,20 +708,42 @@ def _unify(plan: Plan, records: dict[int, dict[str, Any]]) -> tuple[Unified, Lay
             part_of[((s, pc, pi), (s, oc, oi))] += px
     for st in stats.values():
         st.coverage = st.coverage / COVERAGE_UNIT
+    return stats, part_of
+
+
+def names_lookup(plan: Plan) -> Callable[[Key], list[str]]:
+    """``names_of(key)`` for :func:`broden.vocabulary.unify`: the key's normalised names."""
+    cfg = plan.config
+    syn = Synonyms.broden() if cfg.synonyms else None
+    cache: dict[Key, list[str]] = {}
+
+    def names_of(key: Key) -> list[str]:
+        if key not in cache:
+            raw = plan.vocabularies[key[0]].get(key[1], {}).get(key[2], [])
+            cache[key] = key_names(raw, key[1], cfg.suffixes, syn)
+        return cache[key]
+
+    return names_of
+
+
+def _unify(plan: Plan, records: dict[int, dict[str, Any]]) -> tuple[Unified, Layout, BuildReport]:
+    cfg = plan.config
+    stats, part_of = collect_stats(records)
     if plan.prebuilt is not None:
         unified = _keep_numbering(plan.prebuilt, stats)
     else:
-        syn = Synonyms.broden() if cfg.synonyms else None
-        name_cache: dict[Key, list[str]] = {}
-
-        def names_of(key: Key) -> list[str]:
-            if key not in name_cache:
-                raw = plan.vocabularies[key[0]].get(key[1], {}).get(key[2], [])
-                name_cache[key] = key_names(raw, key[1], cfg.suffixes, syn)
-            return name_cache[key]
-
+        names_of = names_lookup(plan)
         unified = unify(stats, names_of, cfg.min_frequency, cfg.min_coverage, part_of)
+    layout, report = make_layout(plan, records, unified)
+    return unified, layout, report
 
+
+def make_layout(
+    plan: Plan, records: dict[int, dict[str, Any]], unified: Unified
+) -> tuple[Layout, BuildReport]:
+    """Store rows, per-row metadata, label lookup tables and categories (with their layer
+    counts) of the usable samples of ``records``, under the concept numbering ``unified``."""
+    cfg = plan.config
     rows, meta, skipped = [], [], []
     layers: dict[str, int] = defaultdict(int)
     slots: dict[str, int] = defaultdict(int)
@@ -745,7 +791,7 @@ def _unify(plan: Plan, records: dict[int, dict[str, Any]]) -> tuple[Unified, Lay
             categories.append(CategorySpec(name=cat, kind="image", layers=slots[cat]))
     shard = min(cfg.shard_size, n)
     report = BuildReport(skipped=skipped, dropped=unified.dropped)
-    return unified, Layout(n, shard, categories, rows, meta, luts), report
+    return Layout(n, shard, categories, rows, meta, luts), report
 
 
 def _keep_numbering(prebuilt: Prebuilt, stats: dict[Key, KeyStats]) -> Unified:

@@ -100,6 +100,32 @@ def build(
 
 @app.command()
 @user_errors
+def add(
+    store: StoreArg,
+    config: Annotated[Path, typer.Argument(help="config (YAML or TOML) of the sources to add")],
+    workers: Annotated[int, typer.Option("--workers", "-j", min=1, help="worker processes")] = 1,
+    strict: Annotated[
+        bool, typer.Option(help="fail on the first unreadable sample instead of skipping it")
+    ] = False,
+    dask: Annotated[
+        str | None,
+        typer.Option(help="run the tasks on a Dask cluster: a scheduler ADDRESS, or local:N"),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Add the sources of CONFIG to the complete STORE: existing concept ids, names and
+    pixels never change; new images are appended, new concepts get new ids (resumable)."""
+    from broden.config import load_config
+    from broden.extend import add as run_add
+
+    summary = run_add(
+        store, load_config(config), workers=workers, strict=strict, progress=not quiet, dask=dask
+    )
+    typer.echo(summary.format())
+
+
+@app.command()
+@user_errors
 def info(
     store: StoreArg,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
@@ -115,26 +141,65 @@ def info(
 @app.command()
 @user_errors
 def concepts(
-    store: StoreArg,
+    store: Annotated[
+        Path | None, typer.Argument(help="path of a broden store (a .zarr folder)")
+    ] = None,
     category: Annotated[str | None, typer.Option(help="only concepts of this category")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="only concepts with labels from this source")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     tree: Annotated[
         bool, typer.Option("--tree", help="the hierarchy: levels, parts under their objects")
     ] = False,
+    write_set: Annotated[
+        Path | None,
+        typer.Option(
+            "--write-set",
+            help="write the listed concepts as a concept-set file (.csv, or .yaml) for "
+            "`broden dissect --concepts FILE`",
+        ),
+    ] = None,
+    diff: Annotated[
+        tuple[Path, Path] | None,
+        typer.Option(
+            "--diff", help="OLD NEW: what changed between two stores' concept tables, by id"
+        ),
+    ] = None,
 ) -> None:
-    """List the concept table of a store."""
+    """List the concept table of a store (or compare two with --diff OLD NEW)."""
     from broden.inspect import concept_records, format_concepts, format_tree
     from broden.store import open_store
 
+    if diff is not None:
+        from broden.concept_diff import diff_concepts
+
+        if store is not None:
+            raise typer.BadParameter("give either STORE or --diff OLD NEW, not both")
+        d = diff_concepts(open_store(diff[0]), open_store(diff[1]))
+        typer.echo(json.dumps(d.to_json(), indent=2) if as_json else d.format())
+        return
+    if store is None:
+        raise typer.BadParameter("missing STORE (or --diff OLD NEW)")
     s = open_store(store)
     if category is not None and category not in [c.name for c in s.categories]:
         raise typer.BadParameter(
             f"no category {category!r}; the store has {[c.name for c in s.categories]}"
         )
+    known_sources = [x.name for x in s.attrs.sources]
+    if source is not None and source not in known_sources:
+        raise typer.BadParameter(f"no source {source!r}; the store has {known_sources}")
     if tree:
         typer.echo(format_tree(s))
         return
-    records = concept_records(s, category)
+    records = [r for r in concept_records(s, category) if source is None or source in r["sources"]]
+    if write_set is not None:
+        from broden.concept_set import write_concept_set
+
+        ids = {r["id"] for r in records}
+        path = write_concept_set(write_set, [c for c in s.concepts if c.id in ids], str(store))
+        typer.echo(f"{path}: {len(ids)} concepts")
+        return
     typer.echo(json.dumps(records, indent=2) if as_json else format_concepts(records))
 
 
@@ -162,10 +227,15 @@ def validate(
 @user_errors
 def adapters() -> None:
     """List the installed source adapters and the categories they supply."""
-    from adapters import available_adapters, get_adapter_class
+    from adapters import SourceError, available_adapters, get_adapter_class
 
     for name, target in available_adapters().items():
-        cls = get_adapter_class(name)
+        try:
+            cls = get_adapter_class(name)
+        except SourceError as e:  # a broken plugin must not hide the others
+            typer.echo(f"{name:<22} {'(cannot be loaded)':<48} {target}")
+            typer.echo(f"warning: {e}", err=True)
+            continue
         kinds = ", ".join(f"{c} ({k})" for c, k in cls.kinds.items()) or "(set by config)"
         typer.echo(f"{name:<22} {kinds:<48} {target}")
 

@@ -99,6 +99,21 @@ class BuildReport(_Model):
     workers: int = 1
 
 
+class Addition(_Model):
+    """One ``broden add`` applied to the store: what it added, from which config."""
+
+    fingerprint: str = Field(description="hash of the store before, the config and its samples")
+    config_fingerprint: str = Field(description="hash of the config and its sources' samples")
+    sources: list[str]
+    images: int = Field(description="images appended (rows from the store's previous end)")
+    first_image: int = Field(description="row of the first appended image")
+    concepts_added: int = Field(description="new concepts appended after the existing ids")
+    concepts_extended: int = Field(description="existing concepts that gained labels")
+    skipped: int = 0
+    config: dict[str, Any]
+    created: str
+
+
 class StoreAttrs(_Model):
     """The ``broden`` attribute of a store's root group."""
 
@@ -115,3 +130,11 @@ class StoreAttrs(_Model):
     package_version: str
     created: str
     build_report: BuildReport = BuildReport()
+    additions: list[Addition] = Field(
+        default=[], description="the `broden add` runs applied since the build, in order"
+    )
+    adding: str | None = Field(
+        default=None,
+        description="fingerprint of an unfinished `broden add` (the store is incomplete until "
+        "the same command is run again to the end)",
+    )

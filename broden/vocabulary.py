@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -220,3 +220,156 @@ def unify(
         )
     dropped.sort(key=lambda d: (-d.frequency, d.name))
     return Unified(concepts, assignment, labname, dropped)
+
+
+def unify_into(
+    existing: Sequence[Concept],
+    stats: Mapping[Key, KeyStats],
+    names_of: Callable[[Key], list[str]],
+    min_frequency: int,
+    min_coverage: float,
+    part_of: Mapping[tuple[Key, Key], int] | None = None,
+) -> Unified:
+    """Merge new keys into an existing concept table (``broden add``), ids kept.
+
+    The existing concepts' names and synonyms are claimed before any new key, so the
+    claiming of :func:`unify` decides the rest: a key with an unclaimed name founds a new
+    name; a key whose names are all claimed merges into an owner, an existing concept or
+    a new name (among several, the closest mean coverage per image). Existing concepts
+    keep their id, name and primary category; their frequency, coverage, per-category
+    statistics, sources, synonyms and part-of edges grow by what merged into them. New
+    names pass the thresholds on the new keys' totals and are numbered C+1, C+2, ... by
+    (descending frequency, descending coverage, name). Dropped keys map to 0.
+    """
+    n_old = len(existing)
+    present = {k: s for k, s in stats.items() if s.frequency > 0}
+    order = sorted(present, key=lambda k: (-present[k].frequency, k))
+    # owner of each name: an existing concept id (int) or the new key that claimed it
+    owner: dict[str, int | Key] = {}
+    for c in existing:
+        for n in [c.name, *c.synonyms]:
+            owner.setdefault(n, c.id)
+
+    def mean_size(o: int | Key) -> tuple[float, int]:
+        if isinstance(o, int):
+            c = existing[o - 1]
+            return c.coverage / max(c.frequency, 1), c.frequency
+        return present[o].coverage / present[o].frequency, present[o].frequency
+
+    target: dict[Key, int | str] = {}  # key -> existing id, or its (new) name; '-' = none
+    for key in order:
+        names = names_of(key)
+        for n in names:
+            owner.setdefault(n, key)
+        own = next((n for n in names if owner[n] == key), None)
+        if own is not None:
+            target[key] = own
+            continue
+        if not names:
+            target[key] = "-"
+            continue
+        candidates = [owner[n] for n in names]
+        if len(candidates) > 1:
+            size = present[key].coverage / present[key].frequency
+            candidates.sort(key=lambda o: (abs(size - mean_size(o)[0]), -mean_size(o)[1], str(o)))
+        o = candidates[0]
+        target[key] = o if isinstance(o, int) else target[o]
+
+    # new names: totals, thresholds, numbering after the existing ids
+    name_stats: dict[str, KeyStats] = defaultdict(KeyStats)
+    name_cats: dict[str, set[str]] = defaultdict(set)
+    for key, t in target.items():
+        if isinstance(t, str) and t != "-":
+            name_stats[t].add(present[key])
+            name_cats[t].add(key[1])
+    kept, dropped = [], []
+    for name, s in name_stats.items():
+        if s.frequency >= min_frequency and s.coverage >= min_coverage:
+            kept.append(name)
+        else:
+            dropped.append(
+                DroppedLabel(name=name, frequency=s.frequency, coverage=s.coverage,
+                             categories=sorted(name_cats[name], key=category_sort_key))
+            )  # fmt: skip
+    kept.sort(key=lambda n: (-name_stats[n].frequency, -name_stats[n].coverage, n))
+    number = {n: n_old + i + 1 for i, n in enumerate(kept)}
+    assignment = {k: (t if isinstance(t, int) else number.get(t, 0)) for k, t in target.items()}
+    concept_name = {c.id: c.name for c in existing} | {i: n for n, i in number.items()}
+
+    # statistics of every concept that received keys
+    cat_stats: dict[int, dict[str, KeyStats]] = defaultdict(lambda: defaultdict(KeyStats))
+    sources: dict[int, set[str]] = defaultdict(set)
+    for key, cid in assignment.items():
+        if cid:
+            cat_stats[cid][key[1]].add(present[key])
+            sources[cid].add(key[0])
+    syns: dict[int, list[str]] = defaultdict(list)
+    for n, o in owner.items():
+        cid = assignment.get(o, 0) if not isinstance(o, int) else 0
+        if cid and n != concept_name[cid]:
+            syns[cid].append(n)
+    edges: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for (pk, ok), pixels in (part_of or {}).items():
+        p, o = assignment.get(pk, 0), assignment.get(ok, 0)
+        if p and o and p != o:
+            edges[p][o] += pixels
+
+    def merged_categories(old: list[CategoryStat], new: dict[str, KeyStats]) -> list[CategoryStat]:
+        by_name = {c.name: c.model_copy() for c in old}
+        for cat, s in new.items():
+            c = by_name.setdefault(cat, CategoryStat(name=cat, frequency=0, coverage=0.0))
+            c.frequency += s.frequency
+            c.coverage += s.coverage
+        order = {c.name: i for i, c in enumerate(old)}
+        return sorted(
+            by_name.values(),
+            key=lambda c: (-c.frequency, order.get(c.name, len(order)),
+                           category_sort_key(c.name)),
+        )  # fmt: skip
+
+    def merged_edges(old: list[PartOfEdge], new: dict[int, int]) -> list[PartOfEdge]:
+        total: dict[int, int] = defaultdict(int)
+        for e in old:
+            total[e.id] += e.pixels
+        for o, px in new.items():
+            total[o] += px
+        return [PartOfEdge(id=o, pixels=px)
+                for o, px in sorted(total.items(), key=lambda e: (-e[1], e[0]))]  # fmt: skip
+
+    concepts: list[Concept] = []
+    for c in existing:
+        if c.id not in cat_stats:
+            concepts.append(c)
+            continue
+        added = cat_stats[c.id]
+        concepts.append(
+            c.model_copy(
+                update={
+                    "categories": merged_categories(c.categories, added),
+                    "frequency": c.frequency + sum(s.frequency for s in added.values()),
+                    "coverage": c.coverage + sum(s.coverage for s in added.values()),
+                    "synonyms": list(dict.fromkeys([*c.synonyms, *syns[c.id]])),
+                    "sources": sorted(set(c.sources) | sources[c.id]),
+                    "part_of": merged_edges(c.part_of, edges[c.id]),
+                }
+            )
+        )
+    for cid, name in enumerate(kept, n_old + 1):
+        per_cat = cat_stats[cid]
+        primary = max(per_cat, key=lambda c: (per_cat[c].coverage, category_sort_key(c)))
+        concepts.append(
+            Concept(
+                id=cid,
+                name=name,
+                category=primary,
+                categories=merged_categories([], per_cat),
+                frequency=name_stats[name].frequency,
+                coverage=name_stats[name].coverage,
+                synonyms=syns[cid],
+                sources=sorted(sources[cid]),
+                part_of=merged_edges([], edges[cid]),
+            )
+        )
+    key_name = {k: (t if isinstance(t, str) else concept_name[t]) for k, t in target.items()}
+    dropped.sort(key=lambda d: (-d.frequency, d.name))
+    return Unified(concepts, assignment, key_name, dropped)

@@ -112,8 +112,8 @@ def test_panoptic_vocabulary_is_the_133_categories_with_plain_names_first() -> N
     vocab = panoptic_adapter().vocabulary()["object"]
     assert len(vocab) == 133
     assert vocab[1] == ["person"]
-    assert vocab[187] == ["sky", "sky-other-merged"]
-    assert vocab[112] == ["door", "door-stuff"]
+    assert vocab[187] == ["sky"]
+    assert vocab[112] == ["door"]
     assert vocab[118] == ["floor-wood"]
 
 
@@ -188,7 +188,7 @@ def test_coco_stuff_samples_have_each_annotations_area(stuff_images: Path) -> No
     coco = adapter(images=stuff_images, annotations=STUFF_JSON, exclude_categories=[183])
     doc = json.loads(STUFF_JSON.read_text())
     assert 183 not in coco.vocabulary()["object"] and len(coco.vocabulary()["object"]) == 91
-    assert coco.vocabulary()["object"][157] == ["sky", "sky-other"]
+    assert coco.vocabulary()["object"][157] == ["sky"]
     for i, im in enumerate(doc["images"]):
         sample = coco.load(i)
         sample.validate()
@@ -371,7 +371,7 @@ def test_user_dataset_names_and_provenance(instances: tuple[Path, Path]) -> None
     images, ann = instances
     coco = adapter(images=images, annotations=ann)
     vocab = coco.vocabulary()["object"]
-    assert vocab[1] == ["table lamp"] and vocab[4] == ["grass", "grass-merged"] and 70 in vocab
+    assert vocab[1] == ["table lamp"] and vocab[4] == ["grass"] and 70 in vocab
     info = coco.describe()
     assert info["title"] == "my own dataset" and "license" not in info  # not COCO's terms
 
@@ -483,7 +483,7 @@ def test_two_point_polygon_is_empty_not_a_box(tmp_path: Path) -> None:
 
 
 def test_panoptic_json_needs_its_png_folder() -> None:
-    with pytest.raises(SourceError, match="set `panoptic_masks`"):
+    with pytest.raises(SourceError, match="set `panoptic`"):
         adapter(images=PANOPTIC_IMAGES, annotations=PANOPTIC_JSON)
     with pytest.raises(SourceError, match="not a panoptic json"):
         adapter(images=PANOPTIC_IMAGES, annotations=DETECTION_JSON, panoptic_masks=PANOPTIC_PNGS)

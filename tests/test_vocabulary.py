@@ -133,3 +133,40 @@ def test_part_of_edges_map_to_concepts() -> None:
     leg = next(c for c in u.concepts if c.name == "leg")
     by_name = {c.id: c.name for c in u.concepts}
     assert [(by_name[e.id], e.pixels) for e in leg.part_of] == [("dog", 500), ("cat", 300)]
+
+
+def test_unify_into_keeps_ids_and_merges_new_labels_by_name() -> None:
+    """`broden add`: ids, names and categories of the old table stay; a new label joins the
+    concept that owns its name or synonym; the others are appended by frequency."""
+    from broden.vocabulary import unify_into
+
+    a, b, c = ("ade20k", "object", 1), ("ade20k", "object", 2), ("ade20k", "part", 3)
+    old = run(
+        {a: (30, 3.0), b: (20, 1.0), c: (10, 0.5)},
+        {a: ["car", "auto"], b: ["sky"], c: ["wheel"]},
+    ).concepts
+    car, pillow, wheel, bed, rare, auto = (("coco", "object", i) for i in (3, 90, 4, 65, 7, 8))
+    stats = {
+        car: KeyStats(5, 0.5),  # same name: joins car
+        auto: KeyStats(1, 0.1),  # a synonym of car: joins car
+        wheel: KeyStats(4, 0.2),  # an object "wheel" joins the part concept by name
+        pillow: KeyStats(6, 0.3),
+        bed: KeyStats(9, 2.0),
+        rare: KeyStats(1, 0.01),
+    }
+    names = {car: ["car"], auto: ["auto"], wheel: ["wheel"], pillow: ["pillow"], bed: ["bed"],
+             rare: ["rare thing"]}  # fmt: skip
+    u = unify_into(old, stats, lambda k: names[k], 2, 0.0)
+    assert [(c.id, c.name, c.category) for c in u.concepts[:3]] == [
+        (c.id, c.name, c.category) for c in old
+    ]
+    assert u.assignment[car] == u.assignment[auto] == old[0].id
+    assert u.assignment[wheel] == 3 and u.concepts[2].category == "part"  # primary kept
+    assert [s.name for s in u.concepts[2].categories] == ["part", "object"]
+    # new names pass the thresholds on the new images and follow by frequency
+    assert [(c.id, c.name) for c in u.concepts[3:]] == [(4, "bed"), (5, "pillow")]
+    assert u.assignment[rare] == 0 and [d.name for d in u.dropped] == ["rare thing"]
+    assert u.concepts[0].frequency == 30 + 5 + 1
+    assert u.concepts[0].coverage == pytest.approx(3.6)
+    assert u.concepts[0].sources == ["ade20k", "coco"]
+    assert u.concepts[1] == old[1]  # sky got nothing: unchanged

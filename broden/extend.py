@@ -1,0 +1,513 @@
+"""``broden add``: append sources to a complete store; what it holds never changes.
+
+The new sources go through the build's own **prepare** tasks (:mod:`broden.build`),
+then their labels are merged into the store's concept table by
+:func:`broden.vocabulary.unify_into`: existing ids, names, primary categories and pixels
+stay as they are; a new label whose name (after the synonym tables) is an existing
+concept's name or synonym joins that concept; other names pass the thresholds of the
+add's config on the new images and are appended with ids C+1, C+2, ...
+
+The new images are appended as rows ``N, N+1, ...``. Only shards at or after row N are
+written, except where an array must grow: a category whose new labels need more layers
+(K) than the store has is rewritten whole, old rows copied with the extra layers empty;
+a category new to the store is created, all-zero (nothing is written) for the old rows.
+Old rows therefore read back byte-identical.
+
+Resumable like a build. Before the store is touched, the staging folder ``STORE.add/``
+keeps the store's metadata (``old.json``) and a copy of the rows of its last, partly
+filled shard (``tail.zarr``, rewritten with the first new rows); the store is then marked
+incomplete with the add's fingerprint in ``adding``. Killed at any point, the same
+command finishes the job; any other use of the store says it is incomplete. Each
+finished add is recorded in the store's ``additions``, and running it again is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from adapters import Adapter, category_sort_key
+from broden.build import (
+    _STATE,
+    BuildError,
+    BuildSummary,
+    Layout,
+    Plan,
+    _atomic_write_json,
+    _init_worker,
+    _summary_from_attrs,
+    assemble_rows,
+    collect_stats,
+    make_layout,
+    make_plan,
+    names_lookup,
+    package_version,
+    prepare_all,
+    start_staging,
+    tqdm,
+)
+from broden.config import BuildConfig, make_adapters
+from broden.runners import RunnerError, make_runner
+from broden.schema import (
+    Addition,
+    CategorySpec,
+    Concept,
+    SkippedSample,
+    SourceInfo,
+    StoreAttrs,
+)
+from broden.store import (
+    CONCEPTS_ATTR,
+    DIGESTS_ATTR,
+    META_ARRAYS,
+    STORE_ATTR,
+    Block,
+    create_arrays,
+    read_attrs,
+    shard_digest,
+    write_block,
+)
+from broden.vocabulary import unify_into
+
+#: build settings an add takes from the store (changing them would change old rows' meaning)
+FIXED_SETTINGS = ("image_size", "colors", "suffixes", "splits", "synonyms", "shard_size")
+
+
+def staging_path(store: Path) -> Path:
+    return store.with_name(store.name + ".add")
+
+
+@dataclass
+class AddLayout:
+    """What every write task of an add needs."""
+
+    n_old: int
+    n_total: int
+    shard: int
+    categories: list[CategorySpec]  # the store's categories after the add
+    old_categories: dict[str, CategorySpec]
+    migrated: list[str]  # arrays rewritten whole (more layers); old copies in staging
+    new: Layout  # the appended rows (row 0 = store row n_old)
+
+    def array_names(self) -> list[str]:
+        names = ["images"]
+        names += [f"{'pixel' if c.kind == 'pixel' else 'image'}/{c.name}" for c in self.categories]
+        return names + list(META_ARRAYS)
+
+
+def _array_name(c: CategorySpec) -> str:
+    return f"{'pixel' if c.kind == 'pixel' else 'image'}/{c.name}"
+
+
+def effective_config(config: BuildConfig, old: StoreAttrs, path: Path) -> BuildConfig:
+    """The add's config with the store's fixed settings; a conflicting explicit setting fails."""
+    store_cfg = old.build_config
+    update: dict[str, Any] = {}
+    for key in FIXED_SETTINGS:
+        if key not in store_cfg:
+            continue
+        if key in config.model_fields_set and getattr(config, key) != store_cfg[key]:
+            raise BuildError(
+                f"the config sets {key}: {getattr(config, key)!r} but {path} was built with "
+                f"{store_cfg[key]!r}; an add keeps the store's {key} (leave it out of the config)"
+            )
+        update[key] = store_cfg[key]
+    return config.model_validate({**config.model_dump(), **update})
+
+
+def _fingerprint(old: StoreAttrs, plan_fp: str) -> str:
+    doc = [old.build_fingerprint, [a.fingerprint for a in old.additions], old.images, plan_fp]
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:20]
+
+
+def _read_store(path: Path) -> tuple[zarr.Group, StoreAttrs]:
+    from broden.store import _open_group
+
+    group = _open_group(path)
+    return group, read_attrs(group, path)
+
+
+def add(
+    store: str | Path,
+    config: BuildConfig,
+    workers: int = 1,
+    strict: bool = False,
+    progress: bool = True,
+    adapters: list[tuple[str, Adapter]] | None = None,
+    dask: str | None = None,
+) -> BuildSummary:
+    """Add the sources of ``config`` to the complete store at ``store`` (see the module doc).
+
+    ``workers``, ``dask``, ``strict`` and ``progress`` work as in :func:`broden.build.build`.
+    The config's ``min_frequency``/``min_coverage`` apply to the new labels; the store's
+    image size, colors, suffixes, splits, synonyms and shard size are kept.
+    """
+    t0 = time.perf_counter()
+    out = Path(store)
+    staging = staging_path(out)
+    group, attrs = _read_store(out)
+    old_file = staging / "old.json"
+    if not attrs.complete:
+        if attrs.adding is None:
+            raise BuildError(
+                f"{out} is incomplete (its build was interrupted): run that `broden build` "
+                "again to finish it before adding sources"
+            )
+        if not old_file.exists():
+            raise BuildError(
+                f"{out} is in the middle of an add whose staging folder {old_file.parent} is "
+                "gone; the store cannot be recovered, rebuild it"
+            )
+    if old_file.exists():
+        saved = json.loads(old_file.read_text())
+        old = StoreAttrs.model_validate(saved["attrs"])
+        old_concepts = [Concept.model_validate(c) for c in saved["concepts"]]
+        old_digests: dict[str, list[str]] = saved["digests"]
+    else:
+        old = attrs
+        old_concepts = [Concept.model_validate(c) for c in group.attrs.get(CONCEPTS_ATTR) or []]  # type: ignore[union-attr]
+        old_digests = {}
+
+    cfg = effective_config(config, old, out)
+    if adapters is None:
+        adapters = make_adapters(cfg)
+    plan = make_plan(cfg, adapters)
+    config_fp = plan.fingerprint
+    if attrs.complete and config_fp in {a.config_fingerprint for a in attrs.additions}:
+        shutil.rmtree(staging, ignore_errors=True)
+        summary = _summary_from_attrs(out, attrs, time.perf_counter() - t0)
+        summary.up_to_date = True
+        return summary
+    taken = {s.name for s in old.sources}
+    clash = [name for name, _ in adapters if name in taken]
+    if clash:
+        raise BuildError(
+            f"{out} already has a source named {clash[0]!r}; give the new source another "
+            "`name:` in the config"
+        )
+    if any(a.prebuilt() is not None for _, a in adapters):
+        raise BuildError(
+            "an already merged release (broden_legacy) cannot be added to a store: import it "
+            "with `broden build` into a store of its own"
+        )
+    plan.fingerprint = _fingerprint(old, config_fp)
+    if attrs.adding is not None and attrs.adding != plan.fingerprint:
+        raise BuildError(
+            f"{out} is in the middle of another `broden add` (another config or other source "
+            "files); run that command again to finish it first"
+        )
+
+    records = start_staging(staging, plan)
+    if not old_file.exists():
+        old_digests = {
+            name: list(_array(group, name).attrs.get(DIGESTS_ATTR) or [])  # type: ignore[arg-type]
+            for name in _store_arrays(old)
+        }
+        doc = {
+            "attrs": old.model_dump(mode="json"),
+            "concepts": [c.model_dump(mode="json") for c in old_concepts],
+            "digests": old_digests,
+        }
+        _atomic_write_json(old_file, doc)
+    reused = len(records)
+
+    try:
+        runner = make_runner(
+            workers, dask, _init_worker, (plan, str(staging), str(out)), plan.fingerprint
+        )
+    except RunnerError as e:
+        raise BuildError(str(e)) from None
+    try:
+        prepare_all(plan, runner, records, strict, progress)
+        stats, part_of = collect_stats(records)
+        unified = unify_into(
+            old_concepts, stats, names_lookup(plan), cfg.min_frequency, cfg.min_coverage,
+            part_of,
+        )  # fmt: skip
+        new_layout, report = make_layout(plan, records, unified)
+        if strict and report.skipped:
+            s = report.skipped[0]
+            raise BuildError(
+                f"--strict: sample {s.source}:{s.source_id} cannot be used: {s.reason}"
+            )
+        job = _plan_layout(old, new_layout)
+        _migrate(out, staging, old, job, plan.fingerprint)
+
+        n_shards = -(-job.n_total // job.shard)
+        first = job.n_old // job.shard if not job.migrated else 0
+        written = {j for j in range(n_shards) if (staging / "written" / f"{j:05d}.json").exists()}
+        todo = [(j, job) for j in range(first, n_shards) if j not in written]
+        wbar = tqdm(total=n_shards - first, initial=n_shards - first - len(todo), desc="write",
+                      unit="shard", disable=not progress)  # fmt: skip
+        runner.run(run_add_write_task, todo, lambda _r, _a: wbar.update(1))
+        wbar.close()
+    except RunnerError as e:
+        raise BuildError(str(e)) from None
+    finally:
+        runner.close()
+        _STATE.clear()
+
+    seconds = time.perf_counter() - t0
+    extended = sum(1 for c in unified.concepts[: len(old_concepts)] if c != old_concepts[c.id - 1])
+    addition = Addition(
+        fingerprint=plan.fingerprint,
+        config_fingerprint=config_fp,
+        sources=[s.name for s in plan.sources],
+        images=job.n_total - job.n_old,
+        first_image=job.n_old,
+        concepts_added=len(unified.concepts) - len(old_concepts),
+        concepts_extended=extended,
+        skipped=len(report.skipped),
+        config=config.model_dump(mode="json"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    new_attrs = _final_attrs(old, plan, job, report, addition)
+    _finalize(out, staging, new_attrs, unified.concepts, job, old_digests)
+    summary = _summary_from_attrs(out, new_attrs, seconds)
+    summary.reused_tasks = reused
+    summary.notes.append(
+        f"added: {addition.images} images from {', '.join(addition.sources)} as rows "
+        f"{job.n_old}-{job.n_total - 1}; {addition.concepts_added} new concepts (ids "
+        f"{len(old_concepts) + 1}-{len(unified.concepts)}), {extended} existing concepts "
+        "gained labels"
+    )
+    return summary
+
+
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    arr = group[name]
+    assert isinstance(arr, zarr.Array), name
+    return arr
+
+
+def _store_arrays(attrs: StoreAttrs) -> list[str]:
+    return ["images", *(_array_name(c) for c in attrs.categories), *META_ARRAYS]
+
+
+def _plan_layout(old: StoreAttrs, new: Layout) -> AddLayout:
+    """The store's categories after the add, and which arrays must be rewritten."""
+    by_name = {c.name: c for c in old.categories}
+    merged = dict(by_name)
+    migrated = []
+    for c in new.categories:
+        prev = by_name.get(c.name)
+        if prev is None:
+            merged[c.name] = c
+        elif prev.kind != c.kind:
+            raise BuildError(
+                f"category {c.name!r} is per-{c.kind} in the new sources but per-{prev.kind} in "
+                "the store; a category has one kind"
+            )
+        elif c.layers > prev.layers:
+            merged[c.name] = c
+            migrated.append(_array_name(c))
+    categories = sorted(merged.values(), key=lambda c: category_sort_key(c.name))
+    layout = Layout(new.n, new.shard, categories, new.rows, new.meta, new.luts)
+    return AddLayout(
+        n_old=old.images,
+        n_total=old.images + new.n,
+        shard=old.shard_size,
+        categories=categories,
+        old_categories=by_name,
+        migrated=sorted(migrated),
+        new=layout,
+    )
+
+
+def _migrate(out: Path, staging: Path, old: StoreAttrs, job: AddLayout, fingerprint: str) -> None:
+    """Make room in the store for the new rows (once; each step is safe to repeat)."""
+    if (staging / "migrated.json").exists():
+        return
+    group = zarr.open_group(str(out), mode="r+")
+    r0 = (job.n_old // job.shard) * job.shard
+    tail = staging / "tail.zarr"
+    if r0 < job.n_old and not (staging / "tail.json").exists():
+        if tail.exists():
+            shutil.rmtree(tail)
+        t = zarr.open_group(str(tail), mode="w")
+        for name in _store_arrays(old):
+            data = np.asarray(_array(group, name)[r0 : job.n_old])
+            t.create_array(name.replace("/", "__"), data=data)
+        _atomic_write_json(staging / "tail.json", {"rows": [r0, job.n_old]})
+    # from here on the store is not the old one any more
+    raw = dict(group.attrs[STORE_ATTR])  # type: ignore[arg-type]
+    raw.update(complete=False, adding=fingerprint)
+    group.attrs[STORE_ATTR] = raw
+    moved = staging / "old_arrays"
+    for name in job.migrated:
+        dest = moved / name
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(out / name, dest)
+    group = zarr.open_group(str(out), mode="r+")  # the listing changed
+    for name in _store_arrays(old):
+        if name in job.migrated:
+            continue
+        arr = _array(group, name)
+        if arr.shape[0] != job.n_total:
+            arr.resize((job.n_total, *arr.shape[1:]))
+    create_arrays(group, job.n_total, old.image_size, old.label_size, job.shard, job.categories)
+    _atomic_write_json(staging / "migrated.json", {"arrays": job.migrated})
+
+
+def _old_rows(job: AddLayout, start: int, stop: int, S: int, L: int) -> Block:
+    """Store rows ``[start, stop)`` (all old) with the layers of the categories after the add."""
+    staging: Path = _STATE["staging"]
+    tail = zarr.open_group(str(staging / "tail.zarr"), mode="r")
+
+    def read(name: str) -> np.ndarray:
+        return np.asarray(_array(tail, name.replace("/", "__"))[:])[: stop - start]
+
+    n = stop - start
+    blk = Block(images=read("images"))
+    for c in job.categories:
+        old = job.old_categories.get(c.name)
+        if c.kind == "pixel":
+            arr = np.zeros((n, c.layers, L, L), np.uint16)
+            if old is not None:
+                arr[:, : old.layers] = read(_array_name(old))
+            blk.pixel[c.name] = arr
+        else:
+            lab = np.zeros((n, c.layers), np.uint16)
+            if old is not None:
+                lab[:, : old.layers] = read(_array_name(old))
+            blk.image_labels[c.name] = lab
+    blk.source = [str(x) for x in read("meta/source")]
+    blk.source_id = [str(x) for x in read("meta/source_id")]
+    blk.split = [str(x) for x in read("meta/split")]
+    blk.orig_size = read("meta/orig_size")
+    return blk
+
+
+def _concat(a: Block, c: Block) -> Block:
+    return Block(
+        images=np.concatenate([a.images, c.images]),
+        pixel={k: np.concatenate([a.pixel[k], c.pixel[k]]) for k in a.pixel},
+        image_labels={
+            k: np.concatenate([a.image_labels[k], c.image_labels[k]]) for k in a.image_labels
+        },  # fmt: skip
+        source=a.source + c.source,
+        source_id=a.source_id + c.source_id,
+        split=a.split + c.split,
+        orig_size=np.concatenate([a.orig_size, c.orig_size]),
+    )
+
+
+def run_add_write_task(shard: int, job: AddLayout) -> dict[str, str]:
+    """Write one shard of the extended store; record its digests.
+
+    A shard of old rows only re-lays the arrays that gained layers; any other shard is
+    written whole, its old rows from the staged copy of the store's last shard."""
+    plan: Plan = _STATE["plan"]
+    staging: Path = _STATE["staging"]
+    store = zarr.open_group(_STATE["store"], mode="r+")
+    S, L = plan.config.image_size, plan.config.label_size
+    start = shard * job.shard
+    stop = min(start + job.shard, job.n_total)
+    digests: dict[str, str] = {}
+    if stop <= job.n_old:
+        for name in job.migrated:
+            src = zarr.open_array(str(staging / "old_arrays" / name), mode="r")
+            old = np.asarray(src[start:stop])
+            arr = _array(store, name)
+            data = np.zeros((stop - start, *arr.shape[1:]), arr.dtype)
+            data[:, : old.shape[1]] = old
+            arr[start:stop] = data
+            digests[name] = shard_digest(data)
+    else:
+        blk = assemble_rows(job.new, max(start, job.n_old) - job.n_old, stop - job.n_old)
+        if start < job.n_old:
+            blk = _concat(_old_rows(job, start, job.n_old, S, L), blk)
+        digests = write_block(store, start, blk)
+    _atomic_write_json(staging / "written" / f"{shard:05d}.json", digests)
+    return digests
+
+
+def _final_attrs(
+    old: StoreAttrs, plan: Plan, job: AddLayout, report: Any, addition: Addition
+) -> StoreAttrs:
+    per_source: dict[str, int] = {}
+    for m in job.new.meta:
+        per_source[m["source"]] = per_source.get(m["source"], 0) + 1
+    skipped: dict[str, int] = {}
+    for s in report.skipped:
+        skipped[s.source] = skipped.get(s.source, 0) + 1
+    sources = list(old.sources)
+    for src in plan.sources:
+        info = src.adapter.describe()
+        sources.append(
+            SourceInfo(
+                name=src.name,
+                adapter=src.adapter.name,
+                categories=list(src.kinds),
+                images=per_source.get(src.name, 0),
+                skipped=skipped.get(src.name, 0),
+                title=info.get("title"),
+                version=info.get("version"),
+                license=info.get("license"),
+                citation=info.get("citation"),
+                manifest_sha256=info.get("manifest_sha256"),
+                options=src.adapter.options.model_dump(mode="json"),
+            )
+        )
+    rep = old.build_report.model_copy(
+        update={
+            "skipped": [*old.build_report.skipped, *(SkippedSample.model_validate(s.model_dump())
+                                                     for s in report.skipped)],
+            "dropped": [*old.build_report.dropped, *report.dropped],
+        }
+    )  # fmt: skip
+    return old.model_copy(
+        update={
+            "complete": True,
+            "adding": None,
+            "images": job.n_total,
+            "categories": job.categories,
+            "sources": sources,
+            "build_report": rep,
+            "additions": [*old.additions, addition],
+            "package_version": package_version(),
+        }
+    )
+
+
+def _finalize(
+    out: Path,
+    staging: Path,
+    attrs: StoreAttrs,
+    concepts: list[Concept],
+    job: AddLayout,
+    old_digests: dict[str, list[str]],
+) -> None:
+    group = zarr.open_group(str(out), mode="r+")
+    n_shards = -(-job.n_total // job.shard)
+    written: dict[int, dict[str, str]] = {}
+    for j in range(n_shards):
+        path = staging / "written" / f"{j:05d}.json"
+        if path.exists():
+            written[j] = json.loads(path.read_text())
+    for name in job.array_names():
+        arr = _array(group, name)
+        digests = []
+        for j in range(n_shards):
+            if name in written.get(j, {}):
+                digests.append(written[j][name])
+            elif j < len(old_digests.get(name, [])):
+                digests.append(old_digests[name][j])
+            else:  # a category new to the store, all zero on the old rows
+                rows = min(job.shard, job.n_total - j * job.shard)
+                digests.append(shard_digest(np.zeros((rows, *arr.shape[1:]), arr.dtype)))
+        arr.attrs[DIGESTS_ATTR] = digests
+    group.attrs[CONCEPTS_ATTR] = [c.model_dump(mode="json") for c in concepts]
+    group.attrs[STORE_ATTR] = attrs.model_dump(mode="json")  # complete = True, last
+    shutil.rmtree(staging, ignore_errors=True)
