@@ -282,3 +282,17 @@ def test_cli_add_diff_and_concept_sets(base: Path, tmp_path: Path) -> None:
     bad.write_text("id,name\n1,pillow\n")
     with pytest.raises(ValueError, match="concept 1 is 'pillow' in the set but id 1 names"):
         resolve(new.concepts, cats, [str(bad)])
+
+
+def test_an_add_on_a_dask_cluster_equals_the_in_process_add(
+    base: Path, extended: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("dask.distributed")
+    out = tmp_path / "dask.zarr"
+    shutil.copytree(base, out)
+    add(out, parse_config(coco_config(tmp_path)), progress=False, dask="local:2")
+    a, b = arrays(extended), arrays(out)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+    assert BrodenStore(extended).concepts == BrodenStore(out).concepts
