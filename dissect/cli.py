@@ -17,6 +17,13 @@ def _concept_args(values: list[str] | None) -> list[str] | None:
     return [v for v in values or [] if v.strip()] or None
 
 
+DISTRIBUTED_HELP = (
+    "this process is one rank of a torchrun launch (`torchrun --nproc-per-node N "
+    "$(which broden) dissect ... --distributed`): each rank dissects its own shards, "
+    "rank 0 writes the results"
+)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``dissect`` and ``report`` commands, and the experiments' ``compare`` and
     ``segment`` (:mod:`dissect.experiments_cli`), to ``app``."""
@@ -58,6 +65,14 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 help="only these categories / concepts (comma-separated, repeatable, "
                 "or a file with one name per line)"
+            ),
+        ] = None,
+        sources: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--sources",
+                help="only the images of these sources (meta/source; comma-separated, "
+                "repeatable; default: every image)",
             ),
         ] = None,
         quantile: Annotated[
@@ -115,6 +130,14 @@ def register(app: typer.Typer) -> None:
         ] = False,
         rotate: Annotated[int | None, typer.Option(metavar="SEED", help=ROTATE_HELP)] = None,
         alpha: Annotated[list[float] | None, typer.Option("--alpha", help=ALPHA_HELP)] = None,
+        amp: Annotated[
+            bool,
+            typer.Option(
+                help="mixed precision for the model's forward pass (float16 on CUDA, "
+                "bfloat16 on the CPU); off: exact float32"
+            ),
+        ] = False,
+        distributed: Annotated[bool, typer.Option(help=DISTRIBUTED_HELP)] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
     ) -> None:
         """Dissect layers of a model (or precomputed activations) against STORE."""
@@ -122,6 +145,8 @@ def register(app: typer.Typer) -> None:
 
         if alpha and rotate is None:
             raise DissectError("--alpha needs --rotate SEED")
+        if amp and activations is not None:
+            raise DissectError("--amp applies to a model's forward pass, not to --activations")
         rotations: list[Any] = []
 
         common: dict[str, Any] = dict(
@@ -139,6 +164,8 @@ def register(app: typer.Typer) -> None:
             prefix_tokens=prefix_tokens,
             force=force,
             progress=not quiet,
+            sources=_concept_args(sources),
+            distributed=distributed,
         )
         if activations is not None:
             if model is not None:
@@ -187,6 +214,7 @@ def register(app: typer.Typer) -> None:
                 input_size=input_size,
                 cache_activations=cache_activations,
                 memory_budget=memory_budget,
+                amp=amp,
                 **common,
             )
             if rotate is not None:
@@ -200,6 +228,13 @@ def register(app: typer.Typer) -> None:
                 from dissect.pipeline import dissect
 
                 results = list(dissect(store, model, layer, **model_args).values())
+        if distributed:
+            from dissect.distributed import is_main, shutdown
+
+            main = is_main()
+            shutdown()
+            if not main:
+                return  # rank 0 reports
         from dissect.report import has_random_weights
 
         if has_random_weights(model, None if weights is None else str(weights)):

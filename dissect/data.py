@@ -1,7 +1,12 @@
 """Streaming a store to the model: a torch Dataset whose items are whole batches read
-as one contiguous, shard-aligned slice of every array (never scattered indices, which
+as contiguous, shard-aligned slices of every array (never scattered indices, which
 are slow on sharded Zarr arrays), a DataLoader over it with worker processes and pinned
 memory, and the device choice (CUDA when present).
+
+A dissection may cover a subset of the images (:func:`source_indices`: those of some
+sources) and, under ``torch.distributed``, each process a part of them: the batches of
+a set of image indices (:func:`batch_plan`) stay within one shard each and read each
+run of consecutive images as one slice.
 
 Each item holds the images (uint8, as stored), the pixel labels of all pixel
 categories stacked into one pixel-major (n, L·L, Kp) int32 array (the layout the tally
@@ -13,7 +18,7 @@ off the main process.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -35,20 +40,109 @@ def batch_ranges(store: BrodenStore, batch_size: int) -> list[tuple[int, int]]:
     return out
 
 
+def batch_plan(
+    store: BrodenStore, batch_size: int, indices: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """The store indices of every batch over ``indices`` (ascending; None: every image):
+    at most ``batch_size`` images, all in one shard, in store order. Over every image
+    these are the :func:`batch_ranges`."""
+    if indices is None:
+        return [np.arange(a, b, dtype=np.int64) for a, b in batch_ranges(store, batch_size)]
+    if batch_size < 1:
+        raise DissectError(f"--batch-size must be at least 1, got {batch_size}")
+    idx = np.asarray(indices, np.int64)
+    if not len(idx):
+        return []
+    cuts = np.flatnonzero(np.diff(idx // store.shard_size)) + 1
+    return [
+        g[a : a + batch_size] for g in np.split(idx, cuts) for a in range(0, len(g), batch_size)
+    ]
+
+
+def runs(indices: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) of each run of consecutive values in ascending ``indices``."""
+    if not len(indices):
+        return []
+    cuts = np.flatnonzero(np.diff(indices) != 1) + 1
+    firsts = np.concatenate([[0], cuts])
+    lasts = np.concatenate([cuts, [len(indices)]]) - 1
+    return [(int(indices[a]), int(indices[b]) + 1) for a, b in zip(firsts, lasts, strict=True)]
+
+
+def resolve_sources(store: BrodenStore, sources: Sequence[str] | str | None) -> list[str] | None:
+    """The store's names of ``sources`` (comma-separated names allowed, matched
+    case-insensitively), sorted; None (every image) for None or no names. Unknown
+    names raise a :class:`DissectError` that lists the store's sources."""
+    if sources is None:
+        return None
+    items = [sources] if isinstance(sources, str) else list(sources)
+    names = [p.strip() for item in items for p in str(item).split(",") if p.strip()]
+    if not names:
+        return None
+    known = list(dict.fromkeys([s.name for s in store.attrs.sources] + _source_names(store)))
+    by_lower = {k.lower(): k for k in known}
+    unknown = [n for n in names if n.lower() not in by_lower]
+    if unknown:
+        raise DissectError(
+            f"--sources: unknown source names {unknown}; the store {store.path} holds images "
+            f"of the sources {known}"
+        )
+    return sorted({by_lower[n.lower()] for n in names})
+
+
+def _source_names(store: BrodenStore) -> list[str]:
+    return list(dict.fromkeys(str(s) for s in store.meta("source")))
+
+
+def source_indices(store: BrodenStore, sources: list[str] | None) -> np.ndarray:
+    """Ascending store indices of the images of ``sources`` (from :func:`resolve_sources`;
+    None: every image). A selection without images raises a :class:`DissectError`."""
+    if sources is None:
+        return np.arange(len(store), dtype=np.int64)
+    wanted = set(sources)
+    names = store.meta("source")
+    idx = np.array([i for i, s in enumerate(names) if str(s) in wanted], np.int64)
+    if not len(idx):
+        raise DissectError(f"--sources {','.join(sources)}: no images of these in {store.path}")
+    return idx
+
+
+def describe(indices: np.ndarray) -> str:
+    """``images 5-9`` for consecutive indices, ``3 images among 5-12`` otherwise."""
+    if not len(indices):
+        return "no images"
+    a, b = int(indices[0]), int(indices[-1])
+    if b - a + 1 == len(indices):
+        return f"images {a}-{b}"
+    return f"{len(indices)} images among {a}-{b}"
+
+
 @dataclass
 class StoreBatch:
+    """One batch. ``start``/``stop``: its position in the sequence of images this process
+    dissects (the rows of cached activations); ``index``: their store indices (None: the
+    same as the positions)."""
+
     start: int
     stop: int
     images: torch.Tensor | None  # (n, S, S, 3) uint8
     pixel: torch.Tensor  # (n, L·L, Kp) int32, pixel-major
     image: torch.Tensor  # (n, Ki) int32
     counts: torch.Tensor  # (n, C + 1) int64
+    index: np.ndarray | None = None  # (n,) int64 store indices
 
     def __len__(self) -> int:
         return self.stop - self.start
 
     def indices(self) -> np.ndarray:
+        """The store indices of the batch's images."""
+        if self.index is not None:
+            return self.index
         return np.arange(self.start, self.stop, dtype=np.int64)
+
+    def describe(self) -> str:
+        """``images 5-9`` (store indices), for messages."""
+        return describe(self.indices())
 
     def to(self, device: torch.device) -> StoreBatch:
         nb = device.type == "cuda"
@@ -59,6 +153,7 @@ class StoreBatch:
             self.pixel.to(device, non_blocking=nb),
             self.image.to(device, non_blocking=nb),
             self.counts.to(device, non_blocking=nb),
+            self.index,
         )
 
     def pin_memory(self) -> StoreBatch:  # called by the DataLoader's pinning thread
@@ -69,25 +164,33 @@ class StoreBatch:
             self.pixel.pin_memory(),
             self.image.pin_memory(),
             self.counts.pin_memory(),
+            self.index,
         )
 
 
 class StoreBatches(Dataset[StoreBatch]):
-    """Batches of a store, in store order (item i = images ``ranges[i]``)."""
+    """Batches of a store, in store order: of every image, or of the store indices
+    ``indices`` (ascending), item i holding the images ``plan[i]``."""
 
     def __init__(
-        self, store: BrodenStore, batch_size: int, images: bool = True, labels: bool = True
+        self,
+        store: BrodenStore,
+        batch_size: int,
+        images: bool = True,
+        labels: bool = True,
+        indices: np.ndarray | None = None,
     ):
         self.store = store
         self.images = images
         self.labels = labels
-        self.ranges = batch_ranges(store, batch_size)
+        self.plan = batch_plan(store, batch_size, indices)
+        self.offsets = np.cumsum([0] + [len(b) for b in self.plan]).tolist()
         self.n_ids = len(store.concepts) + 1
         self.pixel_cats = [c.name for c in store.categories if c.kind == "pixel"]
         self.image_cats = [c.name for c in store.categories if c.kind == "image"]
 
     def __len__(self) -> int:
-        return len(self.ranges)
+        return len(self.plan)
 
     def __getitem__(self, i: int) -> StoreBatch:
         try:
@@ -95,18 +198,33 @@ class StoreBatches(Dataset[StoreBatch]):
         except DissectError:
             raise
         except Exception as e:  # a damaged shard: the codec's error, with where it happened
-            start, stop = self.ranges[i]
             raise DissectError(
-                f"{self.store.path}: cannot read images {start}-{stop - 1} ({type(e).__name__}: "
+                f"{self.store.path}: cannot read {describe(self.plan[i])} ({type(e).__name__}: "
                 f"{e}); `broden validate {self.store.path}` lists what is damaged"
             ) from None
 
+    def _rows(self, a: int, b: int) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """Images ``[a, b)`` (or None) and their pixel (n, Kp, L, L) and whole-image
+        (n, Ki) labels as int32."""
+        n, L = b - a, self.store.label_size
+        if not self.labels:
+            imgs = np.asarray(self.store.array("images")[a:b]) if self.images else None
+            return imgs, np.zeros((n, 0, L, L), np.int32), np.zeros((n, 0), np.int32)
+        blk = self.store.read_block(a, b, images=self.images)
+        pix = [blk.pixel[c] for c in self.pixel_cats]
+        pixel = np.concatenate(pix, axis=1) if pix else np.zeros((n, 0, L, L), np.uint16)
+        img = [blk.image_labels[c] for c in self.image_cats]
+        image = np.concatenate(img, axis=1) if img else np.zeros((n, 0), np.uint16)
+        return (blk.images if self.images else None), pixel.astype(np.int32), image.astype(np.int32)
+
     def _read(self, i: int) -> StoreBatch:
-        start, stop = self.ranges[i]
+        index = self.plan[i]
+        start, stop = self.offsets[i], self.offsets[i + 1]
         n = stop - start
         L = self.store.label_size
+        parts = [self._rows(a, b) for a, b in runs(index)]
+        imgs = _cat([p[0] for p in parts if p[0] is not None]) if self.images else None
         if not self.labels:
-            imgs = np.asarray(self.store.array("images")[start:stop]) if self.images else None
             return StoreBatch(
                 start,
                 stop,
@@ -114,17 +232,13 @@ class StoreBatches(Dataset[StoreBatch]):
                 torch.zeros((n, L * L, 0), dtype=torch.int32),
                 torch.zeros((n, 0), dtype=torch.int32),
                 torch.zeros((n, self.n_ids), dtype=torch.int64),
+                index,
             )
-        blk = self.store.read_block(start, stop, images=self.images)
-        pix = [blk.pixel[c] for c in self.pixel_cats]
-        pixel = np.concatenate(pix, axis=1) if pix else np.zeros((n, 0, L, L), np.uint16)
-        img = [blk.image_labels[c] for c in self.image_cats]
-        image = np.concatenate(img, axis=1) if img else np.zeros((n, 0), np.uint16)
-        pixel = pixel.astype(np.int32)
-        image = image.astype(np.int32)
+        pixel = _cat([p[1] for p in parts])
+        image = _cat([p[2] for p in parts])
         if pixel.size and pixel.max() >= self.n_ids or image.size and image.max() >= self.n_ids:
             raise DissectError(
-                f"{self.store.path}: images {start}-{stop - 1} hold label ids above the concept "
+                f"{self.store.path}: {describe(index)} hold label ids above the concept "
                 f"table's {self.n_ids - 1}; run `broden validate`"
             )
         offs = (np.arange(n, dtype=np.int64) * self.n_ids)[:, None]
@@ -140,11 +254,16 @@ class StoreBatches(Dataset[StoreBatch]):
         return StoreBatch(
             start,
             stop,
-            torch.from_numpy(blk.images) if self.images else None,
+            None if imgs is None else torch.from_numpy(imgs),
             torch.from_numpy(pixel_major),
             torch.from_numpy(image),
             torch.from_numpy(counts.astype(np.int64)),
+            index,
         )
+
+
+def _cat(arrays: list[np.ndarray]) -> np.ndarray:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def _identity(x: StoreBatch) -> StoreBatch:

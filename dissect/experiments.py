@@ -802,8 +802,11 @@ def _check_rotation_args(seed: int, kwargs: Mapping[str, Any]) -> None:
 def _finish(
     layer: str, seed: int, base: DissectionResult, rotated: dict[float, Any]
 ) -> RotationResult:
+    from dissect.distributed import is_main
+
     res = RotationResult(layer, int(seed), base, rotated, base.directory / "rotation.csv", [])
-    _write_rotation_files(res)
+    if base.summary["settings"].get("distributed") is None or is_main():
+        _write_rotation_files(res)  # a distributed run's files are rank 0's
     return res
 
 

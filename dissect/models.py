@@ -101,6 +101,13 @@ def preprocess(images: torch.Tensor, norm: Normalization, input_size: int | None
     return (x - mean) / std
 
 
+def autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """The context of a model's forward pass: with ``enabled`` (``--amp``) mixed precision,
+    float16 on CUDA and bfloat16 on the CPU; otherwise full precision (a no-op)."""
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+
 def state_digest(module: nn.Module) -> str:
     """Digest of every parameter and buffer (names, dtypes, shapes, bytes)."""
     h = hashlib.sha256()

@@ -14,6 +14,12 @@ are kept in memory and replayed for the tally, when they fit ``memory_budget``
 (``"no"``, or when they do not fit): memory stays bounded whatever the number of
 images; nothing is written to disk but the results. With thresholds given, one pass
 does both. Several layers share each forward pass.
+
+A dissection may cover only the images of some sources (``sources``). With
+``distributed`` (under ``torchrun``) each rank passes over its own shards of them and
+the ranks merge their thresholds' top-k, top images and counts after each pass
+(:mod:`dissect.distributed`); rank 0 writes the files. ``amp`` runs the model's forward
+pass under autocast (float16 on CUDA, bfloat16 on the CPU); the maps are float32.
 """
 
 from __future__ import annotations
@@ -35,10 +41,25 @@ from tqdm import tqdm
 
 from broden.store import BrodenStore, open_store
 from dissect.concepts import ConceptSelection, select_concepts
-from dissect.data import StoreBatch, StoreBatches, iterate, resolve_device
+from dissect.data import (
+    StoreBatch,
+    StoreBatches,
+    iterate,
+    resolve_device,
+    resolve_sources,
+    source_indices,
+)
+from dissect.distributed import LOCAL, Ranks
 from dissect.errors import DissectError
 from dissect.hooks import LAYOUTS, LayerCapture, to_unit_maps
-from dissect.models import LoadedModel, Normalization, load_model, parse_normalize, preprocess
+from dissect.models import (
+    LoadedModel,
+    Normalization,
+    autocast,
+    load_model,
+    parse_normalize,
+    preprocess,
+)
 from dissect.results import (
     DissectionResult,
     LayerCounts,
@@ -52,8 +73,8 @@ from dissect.tally import LabelTables, Tally, threshold_for_dtype
 from dissect.thresholds import (
     StreamingTopK,
     check_thresholds,
-    compute_thresholds,
     load_thresholds,
+    threshold_from_top,
     validate_quantile,
     values_needed,
 )
@@ -151,17 +172,17 @@ class _Layer:
     def check(self, maps: torch.Tensor, batch: StoreBatch) -> None:
         if maps.ndim != 4 or maps.shape[0] != len(batch) or maps.shape[1] != self.units:
             raise DissectError(
-                f"layer {self.name!r}: maps of shape {tuple(maps.shape)} for images "
-                f"{batch.start}-{batch.stop - 1}, expected ({len(batch)}, {self.units}, h, w)"
+                f"layer {self.name!r}: maps of shape {tuple(maps.shape)} for "
+                f"{batch.describe()}, expected ({len(batch)}, {self.units}, h, w)"
             )
         if not bool(torch.isfinite(maps).all()):
             bad = (~torch.isfinite(maps)).flatten(2).any(2).any(0).nonzero().flatten().tolist()
             imgs = (~torch.isfinite(maps)).flatten(1).any(1).nonzero().flatten()
-            first = batch.start + int(imgs[0]) if len(imgs) else batch.start
+            first = int(batch.indices()[int(imgs[0]) if len(imgs) else 0])
             more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
             raise DissectError(
                 f"layer {self.name!r}: activations are not finite (NaN or inf) in units "
-                f"{bad[:20]}{more} of images {batch.start}-{batch.stop - 1} (first in image "
+                f"{bad[:20]}{more} of {batch.describe()} (first in image "
                 f"{first}); the model or the activation file is broken there"
             )
 
@@ -175,11 +196,24 @@ class _Layer:
         if self.cache is not None:
             self.cache[batch.start : batch.stop].copy_(maps, non_blocking=True)
 
-    def finish_thresholds(self, quantile: float, method: str) -> None:
+    def finish_thresholds(self, quantile: float, method: str, ranks: Ranks) -> None:
+        """Thresholds from every rank's top values (collective when distributed)."""
         if self.quant is not None:
-            self.thresholds = compute_thresholds(self.quant, quantile, method)
+            top, seen = ranks.merge_top_values(self.quant.result(), self.quant.seen)
+            self.thresholds = threshold_from_top(top, seen, quantile, method)
             self.quant = None
         assert self.thresholds is not None
+
+    def merge(self, ranks: Ranks) -> None:
+        """Counts and top images of every rank (collective when distributed)."""
+        assert self.tally is not None and self.top is not None
+        t = self.tally
+        images = torch.tensor([t.images], dtype=torch.int64, device=t.label_counts.device)
+        ranks.sum_([t.intersection, *t.area.values(), t.label_counts, images])
+        t.images = int(images)
+        self.top.values, self.top.indices = ranks.merge_top_images(
+            self.top.values, self.top.indices, self.top.k
+        )
 
     def add(self, maps: torch.Tensor, labels: Any) -> None:
         assert self.tally is not None and self.thresholds is not None
@@ -321,20 +355,38 @@ class _Run:
         workers: int,
         legacy_csv: bool,
         progress: bool,
+        sources: Sequence[str] | str | None = None,
+        ranks: Ranks = LOCAL,
+        amp: bool = False,
     ):
         self.store = store
         self.selection = select_concepts(store, concepts)
+        self.sources = resolve_sources(store, sources)
+        self.images = source_indices(store, self.sources)  # store indices dissected
+        self.ranks = ranks
+        self.local = ranks.part(store, self.images)  # those this process reads
+        self.amp = amp
         self.out = out
         self.device = device
         self.quantile, self.method, self.unit_area = quantile, method, unit_area
         self.iou_threshold, self.top_k = iou_threshold, top_k
         self.k_images = max(MIN_TOP_IMAGES, top_k)
         self.batch_size, self.workers = batch_size, workers
-        self.legacy_csv, self.progress = legacy_csv, progress
+        self.legacy_csv, self.progress = legacy_csv, progress and ranks.is_main
         self.tables = LabelTables(self.selection, device)
         self.store_fp = store.fingerprint()
         self.timings: dict[str, float] = {}
         self.passes = 0  # forward passes (or reads of the activations) made
+
+    @property
+    def n_images(self) -> int:
+        """Images dissected, over every rank."""
+        return len(self.images)
+
+    def batches(self, images: bool, labels: bool) -> StoreBatches:
+        """This process's batches."""
+        local = None if len(self.local) == len(self.store) else self.local
+        return StoreBatches(self.store, self.batch_size, images, labels, local)
 
     def key(
         self,
@@ -349,17 +401,21 @@ class _Run:
             arr = np.ascontiguousarray(np.asarray(thresholds, np.float64))
             thr = {"given": hashlib.sha256(arr.tobytes()).hexdigest()[:20]}
         ids = hashlib.sha256(self.selection.ids.astype(np.int64).tobytes()).hexdigest()[:20]
-        return cache_key(
-            {
-                "source": source,
-                "layer": layer,
-                "store": self.store_fp,
-                "concepts": ids,
-                "thresholds": thr,
-                "transform": transform,
-                "top_images": self.k_images,
-            }
-        )
+        parts: dict[str, Any] = {
+            "source": source,
+            "layer": layer,
+            "store": self.store_fp,
+            "concepts": ids,
+            "thresholds": thr,
+            "transform": transform,
+            "top_images": self.k_images,
+        }
+        # only when set, so that the keys of earlier results (all images, fp32) still hold
+        if self.sources is not None:
+            parts["sources"] = self.sources
+        if self.amp:
+            parts["amp"] = True
+        return cache_key(parts)
 
     def labels(self, batch: StoreBatch) -> Any:
         return self.tables.batch(batch.pixel, batch.image, batch.counts)
@@ -380,17 +436,21 @@ class _Run:
                 "top_k": self.top_k,
                 "batch_size": self.batch_size,
                 "device": str(self.device),
+                "sources": self.sources,
+                "distributed": self.ranks.describe(),
                 **settings,
             },
             "store": {
                 "path": str(Path(s.path).resolve()),
                 "fingerprint": self.store_fp,
                 "images": len(s),
+                "dissected_images": self.n_images,
                 "image_size": s.image_size,
                 "label_size": s.label_size,
             },
             "concepts": {
                 "selection": self.selection.described,
+                "fingerprint": self.selection.fingerprint,
                 "count": len(self.selection),
                 "categories": self.selection.categories,
             },
@@ -401,10 +461,17 @@ class _Run:
     def reuse(
         self, name: str, directory: Path, key: str, source: dict[str, Any], settings: dict[str, Any]
     ) -> DissectionResult | None:
-        cached = read_cached(directory, key)
-        if cached is None:
+        """The layer's results from its cached counts, if ``directory`` holds them under
+        ``key`` (rank 0 reads them and sends them to the other ranks)."""
+        found = None
+        if self.ranks.is_main:
+            cached = read_cached(directory, key)
+            if cached is not None:
+                found = (cached, json.loads((directory / "summary.json").read_text()))
+        found = self.ranks.broadcast(found)
+        if found is None:
             return None
-        old = json.loads((directory / "summary.json").read_text())
+        cached, old = found
         extra = self.summary_extra(None, source, key, settings)
         extra["settings"].update(
             {
@@ -424,6 +491,7 @@ class _Run:
             extra,
             self.legacy_csv,
             reused=True,
+            write=self.ranks.is_main,
         )
         res.notes.append(
             f"{name}: reused the counts cached in {directory} (same model, store, concepts "
@@ -446,9 +514,11 @@ class _Run:
             extra,
             self.legacy_csv,
             reused=False,
+            write=self.ranks.is_main,
         )
         res.summary["timings"]["scoring_s"] = round(time.perf_counter() - t0, 3)
-        (job.directory / "summary.json").write_text(json.dumps(res.summary, indent=2))
+        if self.ranks.is_main:
+            (job.directory / "summary.json").write_text(json.dumps(res.summary, indent=2))
         return res
 
     def run_passes(
@@ -458,8 +528,9 @@ class _Run:
         replay: Callable[[list[_Layer]], Batches],
     ) -> None:
         """Pass 1 over ``first(labels_needed)`` (observe; tally for layers with thresholds),
-        then, for the others, pass 2 over ``replay(layers)``."""
-        n = len(self.store)
+        then, for the others, pass 2 over ``replay(layers)``; then every rank's counts
+        merged."""
+        n = len(self.local)
         need = [j for j in jobs if j.given is None]
         t0 = time.perf_counter()
         bar = _bar(n, "thresholds" if need else "tally", self.progress)
@@ -476,19 +547,20 @@ class _Run:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # in-memory copies made with non_blocking
             for j in need:
-                j.finish_thresholds(self.quantile, self.method)
+                j.finish_thresholds(self.quantile, self.method, self.ranks)
             self.timings["pass1_s"] = round(time.perf_counter() - t0, 3)
-            if not need:
-                return
-            t1 = time.perf_counter()
-            bar = _bar(n, "tally", self.progress)
-            for batch, maps in replay(need):
-                labels = self.labels(batch)
-                for j in need:
-                    j.add(maps[j.name], labels)
-                bar.update(len(batch))
-            bar.close()
-            self.timings["pass2_s"] = round(time.perf_counter() - t1, 3)
+            if need:
+                t1 = time.perf_counter()
+                bar = _bar(n, "tally", self.progress)
+                for batch, maps in replay(need):
+                    labels = self.labels(batch)
+                    for j in need:
+                        j.add(maps[j.name], labels)
+                    bar.update(len(batch))
+                bar.close()
+                self.timings["pass2_s"] = round(time.perf_counter() - t1, 3)
+            for j in jobs:
+                j.merge(self.ranks)
 
 
 def dissect(
@@ -519,6 +591,9 @@ def dissect(
     transform_key: str | Mapping[str, str] | None = None,
     force: bool = False,
     progress: bool = True,
+    sources: Sequence[str] | str | None = None,
+    distributed: bool = False,
+    amp: bool = False,
 ) -> dict[str, DissectionResult]:
     """Dissect ``layers`` of ``model`` against ``store``; write ``out/<layer>/``.
 
@@ -529,6 +604,12 @@ def dissect(
     ``transform_key`` naming it for the results cache. A layer whose results in ``out``
     were made with the same cache key is re-scored from its stored counts instead of
     recomputed, unless ``force``. Returns the results by layer.
+
+    ``sources`` (names, or comma-separated): dissect only the images of these sources
+    (thresholds, counts and top images over them alone). ``distributed``: this process
+    is one rank of a ``torchrun`` launch (:mod:`dissect.distributed`); every rank returns
+    the same results, rank 0 writes them. ``amp``: the model's forward pass under
+    autocast (float16 on CUDA, bfloat16 on the CPU), the maps dissected as float32.
 
     >>> res = dissect("broden.zarr", "dissect.zoo:resnet18", ["layer3", "layer4"],
     ...               out="results")                                   # doctest: +SKIP
@@ -546,7 +627,7 @@ def dissect(
     budget = parse_size(memory_budget)
     norm = normalize if isinstance(normalize, Normalization) else parse_normalize(normalize)
     st = _open(store)
-    dev = resolve_device(device)
+    ranks, dev = _ranks(distributed, device)
     given = _resolve_thresholds(thresholds, layers)
     transforms = _transforms(unit_transform, transform_key, layers)
     t0 = time.perf_counter()
@@ -578,6 +659,9 @@ def dissect(
         workers,
         legacy_csv,
         progress,
+        sources,
+        ranks,
+        bool(amp),
     )
     run.timings["model_load_s"] = round(t_load, 3)
     settings = {
@@ -587,6 +671,7 @@ def dissect(
         "prefix_tokens": prefix_tokens,
         "workers": workers,
         "cache_activations": cache_activations,
+        "amp": bool(amp),
     }
 
     results: dict[str, DissectionResult] = {}
@@ -623,6 +708,15 @@ def dissect(
     return {la: results[la] for la in layers}
 
 
+def _ranks(distributed: bool, device: str | torch.device) -> tuple[Ranks, torch.device]:
+    """This process's ranks and device (under ``distributed``: joins the process group)."""
+    if not distributed:
+        return LOCAL, resolve_device(device)
+    from dissect.distributed import setup
+
+    return setup(device)
+
+
 def _dissect_model(
     run: _Run,
     loaded: LoadedModel,
@@ -650,7 +744,8 @@ def _dissect_model(
         if fixed is not None and n != fixed:
             x = torch.cat([x, x[-1:].expand(fixed - n, *x.shape[1:])])
         try:
-            outs = capture.run(x)
+            with autocast(dev, run.amp):
+                outs = capture.run(x)
         except DissectError:
             raise
         except torch.OutOfMemoryError:
@@ -666,17 +761,25 @@ def _dissect_model(
             maps[la] = _apply(transforms.get(la), m, la)
         return maps
 
+    n_local = len(run.local)
     with _device_errors(dev, run.batch_size), torch.inference_mode():
-        probe = st.read_block(0, 1)
+        first_image = int(run.images[0])
+        probe = st.read_block(first_image, first_image + 1)
         with LayerCapture(module, names) as cap:
             pm = forward(torch.from_numpy(probe.images).to(dev), cap, names)
     for j in jobs:
         j.setup(
-            pm[j.name], len(st), run.quantile, run.method, run.k_images, run.tables, st.label_size
+            pm[j.name],
+            run.n_images,
+            run.quantile,
+            run.method,
+            run.k_images,
+            run.tables,
+            st.label_size,
         )
     need = [j for j in jobs if j.given is None]
     need_bytes = sum(
-        len(st) * j.units * j.shape[0] * j.shape[1] * (4 if j.dtype == torch.float32 else 8)
+        n_local * j.units * j.shape[0] * j.shape[1] * (4 if j.dtype == torch.float32 else 8)
         for j in need
     )
     keep = bool(need) and (
@@ -686,7 +789,7 @@ def _dissect_model(
         try:
             for j in need:
                 j.cache = torch.empty(
-                    (len(st), j.units, *j.shape), dtype=j.dtype, pin_memory=dev.type == "cuda"
+                    (n_local, j.units, *j.shape), dtype=j.dtype, pin_memory=dev.type == "cuda"
                 )
         except (RuntimeError, MemoryError):
             for j in need:
@@ -700,7 +803,7 @@ def _dissect_model(
     run.passes = 1 if not need else (1 if keep else 2)
 
     def first(labels: bool) -> Batches:
-        ds = StoreBatches(st, run.batch_size, images=True, labels=labels)
+        ds = run.batches(images=True, labels=labels)
         with LayerCapture(module, names) as cap:
             for batch in iterate(ds, run.workers, dev):
                 assert batch.images is not None
@@ -708,7 +811,7 @@ def _dissect_model(
 
     def replay(todo: list[_Layer]) -> Batches:
         if keep:
-            ds = StoreBatches(st, run.batch_size, images=False, labels=True)
+            ds = run.batches(images=False, labels=True)
             for batch in iterate(ds, run.workers, dev):
                 maps = {}
                 for j in todo:
@@ -716,7 +819,7 @@ def _dissect_model(
                     maps[j.name] = j.cache[batch.start : batch.stop].to(dev, non_blocking=True)
                 yield batch, maps
             return
-        ds = StoreBatches(st, run.batch_size, images=True, labels=True)
+        ds = run.batches(images=True, labels=True)
         which = [j.name for j in todo]
         with LayerCapture(module, which) as cap:
             for batch in iterate(ds, run.workers, dev):
@@ -807,11 +910,18 @@ def score_activations(
     transform_key: str | None = None,
     force: bool = False,
     progress: bool = True,
+    sources: Sequence[str] | str | None = None,
+    distributed: bool = False,
 ) -> DissectionResult:
     """Dissect precomputed activations: an N×U×h×w array (.npy path, Zarr array path, or an
     array in memory; tokens N×T×D and channels-last arrays are read as in
     :func:`dissect.hooks.to_unit_maps`) whose row i belongs to store image i. The layer's
     name is ``layer`` (default: the file's stem, or ``activations``).
+
+    With ``sources`` (see :func:`dissect`) only those sources' images are dissected; the
+    activations then hold either every store image (row i: image i) or only the
+    selected ones (row j: the j-th selected image, in store order). ``distributed``: as
+    for :func:`dissect`, each rank reading its own rows.
 
     >>> r = score_activations("broden.zarr", "conv5.npy", out="results")  # doctest: +SKIP
     """
@@ -822,12 +932,7 @@ def score_activations(
     st = _open(store)
     if len(acts.shape) < 2:
         raise DissectError(f"activations of shape {tuple(acts.shape)}: expected N×U×h×w")
-    if acts.shape[0] != len(st):
-        raise DissectError(
-            f"the activations hold {acts.shape[0]} images but the store {st.path} has {len(st)}; "
-            "row i of the activations must belong to store image i"
-        )
-    dev = resolve_device(device)
+    ranks, dev = _ranks(distributed, device)
     given = _resolve_thresholds(thresholds, [name])
     transforms = _transforms(unit_transform, transform_key, [name])
     source = {
@@ -850,7 +955,16 @@ def score_activations(
         workers,
         legacy_csv,
         progress,
+        sources,
+        ranks,
     )
+    every = acts.shape[0] == len(st)  # else: one row per selected image
+    if not every and acts.shape[0] != run.n_images:
+        sel = f" ({run.n_images} of --sources {','.join(run.sources)})" if run.sources else ""
+        raise DissectError(
+            f"the activations hold {acts.shape[0]} images but the store {st.path} has {len(st)}"
+            f"{sel}; row i of the activations must belong to store image i"
+        )
     tkey = transforms[name][1] if name in transforms else None
     key = run.key(name, source, given.get(name), tkey)
     directory = layer_dir(run.out, name)
@@ -867,21 +981,32 @@ def score_activations(
     transform = transforms.get(name)
 
     def read(batch: StoreBatch) -> dict[str, torch.Tensor]:
-        chunk = acts[batch.start : batch.stop]
+        idx = batch.indices()
+        rows = idx if every else np.searchsorted(run.images, idx)
+        a, b = int(rows[0]), int(rows[-1]) + 1  # one slice (within a shard of the store)
+        chunk = acts[a:b]
         t = chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.array(chunk))
+        if b - a != len(rows):
+            t = t[torch.from_numpy(rows - a)]
         m = to_unit_maps(t.to(dev), name, layout, prefix_tokens)
         return {name: _apply(transform, m, name)}
 
     def batches(labels: bool) -> Batches:
-        ds = StoreBatches(st, batch_size, images=False, labels=labels)
+        ds = run.batches(images=False, labels=labels)
         for batch in iterate(ds, workers, dev):
             yield batch, read(batch)
 
     with _device_errors(dev, batch_size), torch.inference_mode():
         empty = torch.zeros(0)
-        probe = read(StoreBatch(0, 1, None, empty, empty, empty))
+        probe = read(StoreBatch(0, 1, None, empty, empty, empty, run.images[:1]))
     job.setup(
-        probe[name], len(st), quantile, quantile_method, run.k_images, run.tables, st.label_size
+        probe[name],
+        run.n_images,
+        quantile,
+        quantile_method,
+        run.k_images,
+        run.tables,
+        st.label_size,
     )
     run.passes = 1 if job.given is not None else 2
     run.run_passes([job], batches, lambda todo: batches(True))

@@ -448,8 +448,10 @@ class _Job:
 
 
 def _rerun_key(job: _Job) -> str:
+    amp = bool(job.layer.summary["settings"].get("amp"))
     return json.dumps(
-        {"model": job.layer.summary["model"], "store": str(job.store.path)}, sort_keys=True
+        {"model": job.layer.summary["model"], "store": str(job.store.path), "amp": amp},
+        sort_keys=True,
     )
 
 
@@ -512,7 +514,7 @@ def _model_maps(
 
     from dissect.data import resolve_device
     from dissect.hooks import LayerCapture, to_unit_maps
-    from dissect.models import Normalization, load_model, preprocess
+    from dissect.models import Normalization, autocast, load_model, preprocess
 
     first = jobs[0]
     src = first.layer.summary["model"]
@@ -556,6 +558,7 @@ def _model_maps(
     )
     size = src.get("input_size")
     layout, prefix = src.get("layout", "auto"), src.get("prefix_tokens")
+    amp = bool(first.layer.summary["settings"].get("amp"))
     dev = resolve_device(device)
     module = loaded.module.to(dev)
     names = list(dict.fromkeys(j.layer.name for j in jobs))
@@ -573,7 +576,8 @@ def _model_maps(
             if fixed and n != fixed:
                 x = torch.cat([x, x[-1:].expand(fixed - n, *x.shape[1:])])
             try:
-                outs = cap.run(x)
+                with autocast(dev, amp):  # as the dissection ran it (--amp)
+                    outs = cap.run(x)
             except DissectError:
                 raise
             except Exception as e:

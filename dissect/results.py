@@ -163,16 +163,61 @@ def write_layer(
     summary_extra: dict[str, Any],
     legacy_csv: bool,
     reused: bool,
+    write: bool = True,
 ) -> DissectionResult:
-    """Score ``data`` and write every file of the layer; return the result."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / SUMMARY).unlink(missing_ok=True)  # invalid until rewritten last
+    """Score ``data`` and write every file of the layer (``write=False``: none, e.g. on
+    the ranks of a distributed run other than 0); return the result."""
+    if write:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / SUMMARY).unlink(missing_ok=True)  # invalid until rewritten last
     cats = selection.categories
     names = selection.names
     concept_cats = [cats[k] for k in selection.concept_category]
     iou = iou_matrix(data.counts, selection.concept_category, mode)
     scores = score(iou, selection.concept_category, len(cats))
+    summary = {
+        "layer": layer,
+        **summary_extra,
+        **detector_summary(scores, names, cats, iou_threshold),
+        "activation_shape": list(data.shape),
+        "reused": reused,
+    }
+    summary["settings"] = {
+        **summary.get("settings", {}),
+        "unit_area": mode,
+        "iou_threshold": iou_threshold,
+    }
+    if write:
+        _write_files(directory, data, selection, iou, scores, mode, legacy_csv, reused, summary)
+    return DissectionResult(
+        layer=layer,
+        directory=directory,
+        concepts=list(zip((int(i) for i in selection.ids), names, concept_cats, strict=True)),
+        categories=cats,
+        iou=iou,
+        thresholds=np.asarray(data.thresholds, np.float64),
+        counts=data.counts,
+        scores=scores,
+        top_indices=data.top_indices,
+        top_values=data.top_values,
+        summary=summary,
+        reused=reused,
+    )
 
+
+def _write_files(
+    directory: Path,
+    data: LayerCounts,
+    selection: ConceptSelection,
+    iou: np.ndarray,
+    scores: Scores,
+    mode: str,
+    legacy_csv: bool,
+    reused: bool,
+    summary: dict[str, Any],
+) -> None:
+    cats, names = selection.categories, selection.names
+    concept_cats = [cats[k] for k in selection.concept_category]
     if not reused:
         arrays: dict[str, Any] = {k: np.asarray(v, np.int64) for k, v in data.counts.items()}
         arrays["categories"] = np.array(cats, dtype=str)
@@ -215,34 +260,7 @@ def write_layer(
 
     if legacy_csv:
         write_legacy_csv(directory / "tally.csv", data.counts, iou, scores, selection, mode)
-
-    summary = {
-        "layer": layer,
-        **summary_extra,
-        **detector_summary(scores, names, cats, iou_threshold),
-        "activation_shape": list(data.shape),
-        "reused": reused,
-    }
-    summary["settings"] = {
-        **summary.get("settings", {}),
-        "unit_area": mode,
-        "iou_threshold": iou_threshold,
-    }
     (directory / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=False))
-    return DissectionResult(
-        layer=layer,
-        directory=directory,
-        concepts=list(zip((int(i) for i in selection.ids), names, concept_cats, strict=True)),
-        categories=cats,
-        iou=iou,
-        thresholds=np.asarray(data.thresholds, np.float64),
-        counts=data.counts,
-        scores=scores,
-        top_indices=data.top_indices,
-        top_values=data.top_values,
-        summary=summary,
-        reused=reused,
-    )
 
 
 def write_legacy_csv(

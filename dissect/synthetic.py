@@ -30,18 +30,23 @@ def write_store(
     concepts: Sequence[tuple[str, str]],
     shard_size: int = 16,
     complete: bool = True,
+    sources: Sequence[str] | None = None,
 ) -> Path:
     """Write a store at ``path`` (replacing it).
 
     ``images`` (N, S, S, 3) uint8; ``pixel[cat]`` (N, K, L, L) and ``image_labels[cat]``
     (N, K) global concept ids (0 = none); ``concepts[i]`` = (name, primary category) of
-    concept id i + 1. Per-category frequency and coverage are counted from the arrays.
+    concept id i + 1; ``sources``: each image's source name (default: all ``synthetic``).
+    Per-category frequency and coverage are counted from the arrays.
     """
     path = Path(path)
     if path.exists():
         shutil.rmtree(path)
     images = np.asarray(images, np.uint8)
     N, S = images.shape[0], images.shape[1]
+    src = ["synthetic"] * N if sources is None else [str(x) for x in sources]
+    if len(src) != N:
+        raise ValueError(f"{len(src)} source names for {N} images")
     L = next(iter(pixel.values())).shape[-1] if pixel else S // 2
     cats = sorted(set(pixel) | set(image_labels), key=category_sort_key)
     specs = [
@@ -78,7 +83,7 @@ def write_store(
                 categories=stats,
                 frequency=max((s.frequency for s in stats), default=0),
                 coverage=sum(s.coverage for s in stats),
-                sources=["synthetic"],
+                sources=sorted(set(src)),
             )
         )
     shard = min(shard_size, N)
@@ -89,7 +94,10 @@ def write_store(
         label_size=L,
         shard_size=shard,
         categories=specs,
-        sources=[SourceInfo(name="synthetic", adapter="synthetic", categories=cats, images=N)],
+        sources=[
+            SourceInfo(name=name, adapter="synthetic", categories=cats, images=src.count(name))
+            for name in dict.fromkeys(src)
+        ],
         build_config={"synthetic": True, "splits": {"train": 0.7, "val": 0.3}},
         build_fingerprint="synthetic",
         package_version="0",
@@ -108,7 +116,7 @@ def write_store(
             image_labels={
                 c: np.asarray(image_labels[c][start:stop], np.uint16) for c in image_labels
             },
-            source=["synthetic"] * (stop - start),
+            source=src[start:stop],
             source_id=[f"img{i:06d}" for i in range(start, stop)],
             split=["train" if i % 10 < 7 else "val" for i in range(start, stop)],
             orig_size=np.full((stop - start, 2), S, np.int32),

@@ -23,6 +23,11 @@ class TopImages:
         m = np.asarray(m, np.float64)
         vals = np.concatenate([self.values, m.T], axis=1)
         idx = np.concatenate([self.indices, np.broadcast_to(indices, m.T.shape)], axis=1)
-        order = np.lexsort((idx, -vals), axis=-1)[:, : self.k]
-        self.values = np.take_along_axis(vals, order, axis=1)
-        self.indices = np.take_along_axis(idx, order, axis=1)
+        self.values, self.indices = rank_images(vals, idx, self.k)
+
+
+def rank_images(values: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row (unit) the ``k`` best of (value, image index) pairs: values descending,
+    ties to the lower index."""
+    order = np.lexsort((indices, -values), axis=-1)[:, :k]
+    return np.take_along_axis(values, order, axis=1), np.take_along_axis(indices, order, axis=1)

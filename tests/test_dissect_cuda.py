@@ -73,3 +73,48 @@ def test_cuda_dissection_matches_cpu_scoring_of_its_activations(tiny, tmp_path):
     np.testing.assert_array_equal(cpu.thresholds, res.thresholds)
     for k in cpu.counts:
         np.testing.assert_array_equal(cpu.counts[k], res.counts[k])
+
+
+def test_cuda_amp_is_float16_and_off_by_default(tiny, tmp_path):
+    """Without --amp a CUDA dissection counts the float32 activations exactly as the CPU
+    scores them; with --amp the forward pass runs in float16 (other thresholds, close)."""
+    from dissect.hooks import LayerCapture
+    from dissect.models import parse_normalize, preprocess
+    from dissect.zoo import resnet18
+
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.allow_tf32 = False
+    model = resnet18().cuda().eval()
+    kw = dict(device="cuda", workers=0, quantile=0.05, batch_size=5, progress=False)
+    fp32 = dissect(tiny.path, model, ["layer1"], out=tmp_path / "fp32", **kw)["layer1"]
+    amp = dissect(tiny.path, model, ["layer1"], out=tmp_path / "amp", amp=True, **kw)["layer1"]
+    assert fp32.summary["settings"]["amp"] is False and amp.summary["settings"]["amp"] is True
+    got: list[torch.dtype] = []
+    hook = model.layer1.register_forward_hook(lambda m, i, o: got.append(o.dtype))
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+        model(torch.zeros(1, 3, 32, 32, device="cuda"))
+    hook.remove()
+    assert got == [torch.float16]  # what --amp hands to the (float32) tally
+    assert amp.thresholds.shape == fp32.thresholds.shape
+    assert not np.array_equal(amp.thresholds, fp32.thresholds)
+    scale = np.abs(fp32.thresholds).max()
+    assert np.abs(amp.thresholds - fp32.thresholds).max() <= 0.05 * scale
+    acts = []
+    with torch.inference_mode(), LayerCapture(model, ["layer1"]) as cap:
+        for a in range(0, tiny.n, 5):
+            x = preprocess(
+                torch.from_numpy(tiny.images[a : a + 5]).cuda(),
+                parse_normalize("imagenet"),
+                tiny.images.shape[1],
+            )
+            acts.append(cap.run(x)["layer1"].cpu())
+    cpu = score_activations(
+        tiny.path,
+        torch.cat(acts).numpy(),
+        out=tmp_path / "cpu",
+        device="cpu",
+        quantile=0.05,
+        progress=False,
+    )
+    np.testing.assert_array_equal(cpu.thresholds, fp32.thresholds)
+    np.testing.assert_array_equal(cpu.iou, fp32.iou)
