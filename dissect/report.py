@@ -815,8 +815,19 @@ def _layer_context(
             "normalize": settings.get("normalize"),
             "input size": settings.get("input_size"),
             "transform": settings.get("transform"),
+            "sources": ", ".join(settings.get("sources") or []) or "all",
+            "concepts": _concept_set(s.get("concepts") or {}),
+            "amp": "on" if settings.get("amp") else "off",
         },
     }
+
+
+def _concept_set(c: dict[str, Any]) -> str:
+    """The concept selection of a run, as the report's settings table shows it."""
+    if not c:
+        return "recorded"
+    fp = f" (set {c['fingerprint']})" if c.get("fingerprint") else ""
+    return f"{c.get('selection', 'all')}: {c.get('count', '?')} concepts{fp}"
 
 
 def write_report(
