@@ -33,8 +33,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check broden adapters dissect tests bench
 	$(BIN)/mypy
 
+# Each script prints its tables next to a baseline measured in the same run and writes its
+# section of bench/RESULTS.md (--quick: a smoke run; --results PATH: another file).
 bench: $(STAMP)
 	$(BIN)/python bench/build.py
+	$(BIN)/python bench/store.py
+	$(BIN)/python bench/codecs.py
 	$(BIN)/python bench/dissect.py
 
 clean:

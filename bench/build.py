@@ -1,128 +1,67 @@
-"""Build and read throughput on the real fixture photos, against a decoding baseline.
+# ruff: noqa: E402  (imports follow the sys.path fix below)
+"""Build throughput on the real fixture photos, against baselines measured in the same run.
 
-Prints, in one run on this machine:
+Prints, and writes to its section of ``bench/RESULTS.md``:
 
-- **build**: images/s per worker at S=224 of the build's per-sample work (decode the
-  source files, count label statistics and colors at source resolution, resize the
-  image, sample the label maps), per source; next to the **baseline** of decoding the
-  same source JPEG/PNG files with OpenCV (and .mat files with scipy); plus the wall
-  time of a complete one-worker build (staging, unify, writing, finalize).
-- **read**: images with all their label layers per second from the store built from
-  those photos (replicated to 512 images): per-image reads in one process, shard-aligned
-  block reads, and a 2-worker torch DataLoader; next to the baseline of decoding the
-  images' source files.
+- **per worker**: images/s of the build's per-sample work at S=224 (decode the source
+  files, count label statistics and colors at source resolution, resize the image,
+  sample the label maps), per source; next to the **baseline** of decoding the same
+  source JPEG/PNG files with OpenCV (and .mat files with scipy).
+- **scaling**: complete builds (plan, prepare, unify, write, finalize) of the fixture's
+  sources replicated to a few hundred samples (each source cycled, keeping its share of
+  the samples) with ``workers=1`` (the baseline), ``workers=2`` and ``dask="local:2"``:
+  wall time, images/s and speed-up over one worker (target ≥ 1.7× for two).
 
-    .venv/bin/python bench/build.py
+    .venv/bin/python bench/build.py [--images 384] [--repeat 2] [--quick] [--results PATH]
+
+The store read benchmark is ``bench/store.py``.
 """
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
+# keep this folder off the import path (its files are named like modules: build, store, ...)
+_here = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+sys.path.insert(0, str(_here.parent))
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import argparse
+import shutil
+import statistics
+import time
+from typing import Any
 
-S = 224
-SHARD = 64
+from bench.common import (
+    S,
+    available_sources,
+    best_of,
+    common_args,
+    decode_baseline,
+    rate,
+    replicated_adapters,
+    source_files,
+)
+from bench.results_file import Run, load_average, md_table, write_section
 
-
-def available_sources() -> list[dict]:
-    """Config entries for the real-photo sources bundled in the repository."""
-    from adapters import available_adapters
-
-    data = REPO / "tests" / "data"
-    found = [{"adapter": "ade20k", "root": str(REPO / "samples/ade20k/ADE20K_2021_17_01")}]
-    adapters = available_adapters()
-    if "ade20k_sceneparsing" in adapters and (data / "ade20k_sceneparsing").exists():
-        root = next((data / "ade20k_sceneparsing").glob("ADEChallengeData2016"), None)
-        if root is not None:
-            found.append(
-                {"adapter": "ade20k_sceneparsing", "root": str(root), "splits": ["validation"]}
-            )
-    if "pascal" in adapters and (data / "pascal_part").exists():
-        found.append(
-            {
-                "adapter": "pascal",
-                "images": str(data / "pascal_part" / "VOCdevkit" / "VOC2010" / "JPEGImages"),
-                "parts": str(data / "pascal_part"),
-            }
-        )
-    return found
+SHARD = 64  # scaling builds: several shards per worker, as in a real store
 
 
-def source_files(adapter, index: int) -> list[Path]:
-    """The files a sample is decoded from (for the baseline)."""
-    sid = adapter.source_id(index)
-    name = adapter.name
-    if name == "ade20k":
-        jpg = adapter.options.root / sid
-        stem = str(jpg)[:-4]
-        files = [jpg, Path(stem + "_seg.png")]
-        k = 1
-        while Path(f"{stem}_parts_{k}.png").exists():
-            files.append(Path(f"{stem}_parts_{k}.png"))
-            k += 1
-        return files
-    if name == "ade20k_sceneparsing":
-        jpg = adapter.options.root / sid
-        ann = Path(str(jpg).replace("/images/", "/annotations/"))
-        return [jpg, ann.with_suffix(".png")]
-    if name == "pascal":
-        stem = Path(sid).stem
-        files = [adapter.options.images / f"{stem}.jpg"]
-        if adapter.options.parts is not None:
-            files.append(adapter.options.parts / "Annotations_Part" / f"{stem}.mat")
-        return files
-    raise ValueError(name)
-
-
-def decode_baseline(files: list[Path]) -> None:
-    import cv2
-    import scipy.io
-
-    for f in files:
-        if f.suffix == ".mat":
-            scipy.io.loadmat(f)
-        else:
-            flags = cv2.IMREAD_COLOR if f.suffix == ".jpg" else cv2.IMREAD_UNCHANGED
-            assert cv2.imread(str(f), flags) is not None, f
-
-
-def rate(n: int, seconds: float) -> float:
-    return n / seconds if seconds > 0 else float("inf")
-
-
-def best_of(fn: Callable[[], None], reps: int = 3) -> float:
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
-def bench_build(entries: list[dict]) -> None:
+def bench_per_worker(entries: list[dict[str, Any]], reps: int) -> str:
     from broden.build import make_plan, prepare_sample
     from broden.config import parse_config
 
     cfg = parse_config({"image_size": S, "min_frequency": 1, "min_coverage": 0, "sources": entries})
     plan = make_plan(cfg)
-    print(f"== build, per worker, S={S} (best of 3 passes) ==")
-    print(f"  {'source':<22}{'images':>7}{'mean size':>12}{'build img/s':>14}"
-          f"{'decode-only img/s':>20}{'build/decode':>14}")  # fmt: skip
+    rows = []
     total_b = total_d = 0.0
     total_n = 0
     for src in plan.sources:
         n = len(src.adapter)
-        sizes = []
+        sizes: list[int] = []
 
-        def run_build(src=src, n=n, sizes=sizes) -> None:
+        def run_build(src: Any = src, n: int = n, sizes: list[int] = sizes) -> None:
             sizes.clear()
             for i in range(n):
                 p = prepare_sample(src, i, S, S // 2)
@@ -130,135 +69,139 @@ def bench_build(entries: list[dict]) -> None:
 
         files = [source_files(src.adapter, i) for i in range(n)]
         run_build()  # warm up (imports, caches)
-        tb = best_of(run_build)
-        td = best_of(lambda files=files: [decode_baseline(f) for f in files])
+        tb = best_of(run_build, reps)
+        td = best_of(lambda files=files: [decode_baseline(f) for f in files], reps)
         total_b, total_d, total_n = total_b + tb, total_d + td, total_n + n
         mp = statistics.mean(sizes) / 1e6
-        print(f"  {src.name:<22}{n:>7}{mp:>10.2f}MP{rate(n, tb):>14.1f}{rate(n, td):>20.1f}"
-              f"{tb / td:>13.2f}×")  # fmt: skip
-    print(f"  {'all':<22}{total_n:>7}{'':>12}{rate(total_n, total_b):>14.1f}"
-          f"{rate(total_n, total_d):>20.1f}{total_b / total_d:>13.2f}×")  # fmt: skip
+        rows.append(
+            [
+                src.name,
+                n,
+                f"{mp:.2f} MP",
+                f"{rate(n, tb):.1f}",
+                f"{rate(n, td):.1f}",
+                f"{tb / td:.2f}×",
+            ]
+        )
+    rows.append(
+        [
+            "all",
+            total_n,
+            "",
+            f"{rate(total_n, total_b):.1f}",
+            f"{rate(total_n, total_d):.1f}",
+            f"{total_b / total_d:.2f}×",
+        ]
+    )
+    return (
+        f"Per worker at S = {S} (one process, best of {reps}): the build's per-sample work "
+        "(`prepare_sample`: decode, statistics and colors at source resolution, resize, "
+        "label sampling) against the baseline of only decoding the same source files "
+        "(OpenCV; scipy for .mat).\n\n"
+        + md_table(
+            [
+                "source",
+                "images",
+                "mean size",
+                "build img/s",
+                "baseline: decode-only img/s",
+                "build time / decode time",
+            ],
+            rows,
+        )
+    )
 
 
-def bench_full_build(entries: list[dict], out: Path) -> None:
-    import shutil
-
-    from broden.build import build
+def bench_scaling(
+    entries: list[dict[str, Any]], n: int, reps: int, work: Path, cluster_alone: bool = True
+) -> str:
+    from broden.build import build, staging_path
     from broden.config import parse_config
 
     cfg = parse_config(
-        {"image_size": S, "min_frequency": 1, "min_coverage": 0, "task_size": 8, "sources": entries}
+        {
+            "image_size": S,
+            "min_frequency": 1,
+            "min_coverage": 0,
+            "shard_size": SHARD,
+            "sources": entries,
+        }
     )
-    if out.exists():
-        shutil.rmtree(out)
-    t = time.perf_counter()
-    summary = build(cfg, out, workers=1, progress=False)
-    dt = time.perf_counter() - t
-    per_s = rate(summary.images, dt)
-    print(f"  complete build, 1 worker: {summary.images} images in {dt:.2f} s "
-          f"({per_s:.1f} img/s incl. staging, unify, write, finalize)")  # fmt: skip
+    adapters = replicated_adapters(cfg, n)
+    runs: list[tuple[str, dict[str, Any]]] = [
+        ("workers=1 (baseline)", {"workers": 1}),
+        ("workers=2", {"workers": 2}),
+    ]
+    try:
+        import distributed  # noqa: F401
 
+        runs.append(('dask="local:2"', {"dask": "local:2"}))
+    except ImportError:
+        print("dask.distributed is not installed: no Dask row")
+    out = work / "bench-scaling.zarr"
+    times: dict[str, list[float]] = {label: [] for label, _ in runs}
+    images = 0
+    load_before = load_average()
+    for _ in range(reps):  # interleaved, so that a busy spell of the machine hits all rows
+        for label, kw in runs:
+            for p in (out, staging_path(out)):
+                if p.exists():
+                    shutil.rmtree(p)
+            t = time.perf_counter()
+            summary = build(cfg, out, progress=False, adapters=adapters, **kw)
+            times[label].append(time.perf_counter() - t)
+            images = summary.images
+            print(f"  {label}: {times[label][-1]:.2f} s", flush=True)
+    load_after = load_average()
+    results = [(label, min(ts)) for label, ts in times.items()]
+    shutil.rmtree(out, ignore_errors=True)
+    base = results[0][1]
+    rows = [
+        [label, images, f"{t:.2f}", f"{rate(images, t):.1f}", f"{base / t:.2f}×"]
+        for label, t in results
+    ]
+    extra = ""
+    if cluster_alone and any("dask" in kw for _, kw in runs):
+        from dask.distributed import Client, LocalCluster
 
-def replicate(src: Path, dst: Path, n: int) -> None:
-    """A store of n images made of copies of src's images (same content, same codecs)."""
-    import shutil
-
-    import zarr
-
-    from broden.store import (
-        CONCEPTS_ATTR,
-        DIGESTS_ATTR,
-        STORE_ATTR,
-        Block,
-        create_arrays,
-        open_store,
-        write_block,
-    )
-
-    store = open_store(src)
-    blk = store.read_block(0, len(store))
-    if dst.exists():
-        shutil.rmtree(dst)
-    g = zarr.open_group(str(dst), mode="w")
-    attrs = store.attrs.model_copy(update={"images": n, "shard_size": SHARD, "complete": False})
-    g.attrs[STORE_ATTR] = attrs.model_dump(mode="json")
-    g.attrs[CONCEPTS_ATTR] = [c.model_dump(mode="json") for c in store.concepts]
-    create_arrays(g, n, store.image_size, store.label_size, SHARD, store.categories)
-    digests: dict[str, list[str]] = {}
-    for start in range(0, n, SHARD):
-        idx = np.arange(start, min(start + SHARD, n)) % len(store)
-        part = Block(
-            images=blk.images[idx],
-            pixel={c: a[idx] for c, a in blk.pixel.items()},
-            image_labels={c: a[idx] for c, a in blk.image_labels.items()},
-            source=[blk.source[i] for i in idx],
-            source_id=[f"{blk.source_id[i]}#{start + k}" for k, i in enumerate(idx)],
-            split=[blk.split[i] for i in idx],
-            orig_size=blk.orig_size[idx],
+        t = time.perf_counter()
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                          dashboard_address=None) as cluster, Client(cluster):  # fmt: skip
+            pass
+        extra = (
+            f"\n\nStarting and closing the 2-worker Dask LocalCluster alone takes "
+            f"{time.perf_counter() - t:.1f} s of the Dask row's wall time."
         )
-        for name, d in write_block(g, start, part).items():
-            digests.setdefault(name, []).append(d)
-    for name, ds in digests.items():
-        g[name].attrs[DIGESTS_ATTR] = ds
-    attrs.complete = True
-    g.attrs[STORE_ATTR] = attrs.model_dump(mode="json")
-
-
-class StoreDataset:
-    """The minimal torch Dataset over a store: one image with all its label layers."""
-
-    def __init__(self, path: Path):
-        from broden.store import open_store
-
-        self.store = open_store(path)
-
-    def __len__(self) -> int:
-        return len(self.store)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        s = self.store.sample(i)
-        return s.image, {**s.pixel, **s.image_labels}
-
-
-def bench_read(built: Path, replicated: Path, entries: list[dict]) -> None:
-    import torch
-    from torch.utils.data import DataLoader
-
-    from broden.build import make_plan
-    from broden.config import parse_config
-    from broden.store import open_store
-
-    n = 512
-    replicate(built, replicated, n)
-    store = open_store(replicated)
-    order = np.random.default_rng(0).permutation(n)
-    print(f"== read: images with all label layers, store of {n} copies of the real photos ==")
-    t_one = best_of(lambda: [store.sample(int(i)) for i in order])
-    t_block = best_of(lambda: [store.read_block(a, b) for a, b in store.shards()])
-    ds = StoreDataset(replicated)
-    loader = DataLoader(ds, batch_size=32, num_workers=2, shuffle=True,
-                        collate_fn=lambda batch: batch, persistent_workers=False)  # fmt: skip
-    torch.set_num_threads(1)
-    t_loader = best_of(lambda: [None for _ in loader], reps=2)
-    cfg = parse_config({"image_size": S, "sources": entries})
-    plan = make_plan(cfg)
-    files = [source_files(src.adapter, i) for src in plan.sources for i in range(len(src.adapter))]
-    per_image = best_of(lambda: [decode_baseline(f) for f in files]) / len(files)
-    print(f"  store, one image per call, random order (1 process): {rate(n, t_one):9.0f} img/s")
-    print(f"  store, shard-aligned blocks (1 process):             {rate(n, t_block):9.0f} img/s")
-    print(f"  store, torch DataLoader, 2 workers:                   {rate(n, t_loader):9.0f} img/s")
-    print(f"  baseline: cv2 decoding of the source files:          {1 / per_image:9.0f} img/s")
-    print(f"  store per-image read vs source decode: {per_image / (t_one / n):.0f}× faster")
+    per_source = ", ".join(f"{name} {len(a)}" for name, a in adapters)
+    return (
+        f"Scaling: complete builds (plan, prepare, unify, write, finalize; S = {S}, shards of "
+        f"{SHARD}, tasks of {cfg.task_size} samples) of the fixture's real photos replicated "
+        f"to {images} samples ({per_source}), best of {reps}; the baseline is the same build "
+        "with one worker, the rows run interleaved. Target: ≥ 1.7× with two workers. Load "
+        f"average (1, 5, 15 min) before / after: {load_before} / {load_after}.\n\n"
+        + md_table(["runner", "images", "wall time s", "img/s", "speed-up vs 1 worker"], rows)
+        + extra
+    )
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common_args(ap)
+    ap.add_argument("--images", type=int, default=384, help="samples of the scaling builds")
+    ap.add_argument("--repeat", type=int, default=2, help="timings are the best of this many")
+    args = ap.parse_args()
+    if args.quick:
+        args.images, args.repeat = min(args.images, 17), 1
+    run = Run()
+    args.work.mkdir(parents=True, exist_ok=True)
     entries = available_sources()
-    print("sources:", ", ".join(e["adapter"] for e in entries))
-    bench_build(entries)
-    work = REPO / ".bench"
-    work.mkdir(exist_ok=True)
-    bench_full_build(entries, work / "bench-build.zarr")
-    bench_read(work / "bench-build.zarr", work / "bench-read.zarr", entries)
+    print("sources:", ", ".join(e["adapter"] for e in entries), flush=True)
+    per_worker = bench_per_worker(entries, 1 if args.quick else 3)
+    print(per_worker, "\n", flush=True)
+    scaling = bench_scaling(entries, args.images, args.repeat, args.work, not args.quick)
+    print(scaling, flush=True)
+    body = "\n\n".join(["## Build (`bench/build.py`)", run.preamble(), per_worker, scaling])
+    print("wrote", write_section("build", body, args.results))
 
 
 if __name__ == "__main__":

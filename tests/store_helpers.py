@@ -73,3 +73,28 @@ def assert_stores_equal(a: Path, b: Path) -> None:
         xa, xb = sa.array(name), sb.array(name)
         assert xa.attrs.get(DIGESTS_ATTR) == xb.attrs.get(DIGESTS_ATTR), name
         assert np.array_equal(np.asarray(xa[:]), np.asarray(xb[:])), name
+
+
+def assert_groups_equal(a: Path, b: Path) -> None:
+    """Every array of the two Zarr groups (found by walking the groups, not from the store's
+    list of arrays) equal in dtype, shape, chunking, attributes and data; the same concept
+    table and store attributes (up to build time and worker count)."""
+    ga, gb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
+    arrays_a = {name: x for name, x in ga.members(max_depth=None) if isinstance(x, zarr.Array)}
+    arrays_b = {name: x for name, x in gb.members(max_depth=None) if isinstance(x, zarr.Array)}
+    assert sorted(arrays_a) == sorted(arrays_b)
+    assert arrays_a, f"{a} holds no arrays"
+    for name, xa in arrays_a.items():
+        xb = arrays_b[name]
+        layout_a = (xa.dtype, xa.shape, xa.chunks, xa.shards)
+        assert layout_a == (xb.dtype, xb.shape, xb.chunks, xb.shards), name
+        assert dict(xa.attrs) == dict(xb.attrs), name
+        assert np.array_equal(np.asarray(xa[:]), np.asarray(xb[:])), name
+    assert ga.attrs[CONCEPTS_ATTR] == gb.attrs[CONCEPTS_ATTR]
+    volatile = {"created", "build_report"}
+    store_a, store_b = ga.attrs[STORE_ATTR], gb.attrs[STORE_ATTR]
+    assert isinstance(store_a, dict) and isinstance(store_b, dict)
+    assert {k: v for k, v in store_a.items() if k not in volatile} == {
+        k: v for k, v in store_b.items() if k not in volatile
+    }
+    assert_stores_equal(a, b)

@@ -234,18 +234,3 @@ def test_split_rule_is_brodens_md5_rule() -> None:
         )
     shares = [split_of("dtd", f"{i}.jpg", {"train": 0.7, "val": 0.3}) for i in range(2000)]
     assert 0.66 < shares.count("train") / 2000 < 0.74
-
-
-def test_a_dask_cluster_builds_the_same_store(sample_store_path: Path, tmp_path: Path) -> None:
-    pytest.importorskip("distributed")
-    out = tmp_path / "dask.zarr"
-    summary = build(parse_config(sample_config()), out, dask="local:2", progress=False)
-    assert summary.images == 26
-    assert_stores_equal(sample_store_path, out)
-
-
-def test_a_malformed_dask_address_is_a_clear_error(tmp_path: Path) -> None:
-    pytest.importorskip("distributed")
-    with pytest.raises(BuildError, match="--dask 'local:two': expected ADDRESS or local:N"):
-        build(parse_config(sample_config()), tmp_path / "x.zarr", dask="local:two",
-              progress=False)  # fmt: skip

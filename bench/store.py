@@ -1,0 +1,214 @@
+# ruff: noqa: E402  (imports follow the sys.path fix below)
+"""Store read throughput against decoding the source files, measured in the same run.
+
+Builds a store from the real fixture photos (S=224), replicates it to ``--images`` copies
+(same content, same codecs and shard layout as a build writes), and reads every image
+with all its label layers:
+
+- one image per call in random order, one process (``BrodenStore.sample``);
+- shard-aligned blocks, one process (``BrodenStore.read_block``);
+- a torch DataLoader with 2 worker processes (one image per item, batches of 32,
+  shuffled; the steady state of persistent workers, worker start-up not counted);
+
+next to the **baseline** of decoding the same images' source files (OpenCV JPEG/PNG,
+scipy .mat) one after another in one process, and through the same 2-worker DataLoader.
+Prints a table and writes its section of ``bench/RESULTS.md``.
+
+    .venv/bin/python bench/store.py [--images 512] [--repeat 3] [--quick] [--results PATH]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# keep this folder off the import path (its files are named like modules: build, store, ...)
+_here = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+sys.path.insert(0, str(_here.parent))
+
+import argparse
+import shutil
+from typing import Any
+
+import numpy as np
+
+from bench.common import S, available_sources, best_of, common_args, decode_baseline, rate
+from bench.common import source_files as sample_files
+from bench.results_file import Run, md_table, write_section
+
+SHARD = 64
+BATCH = 32
+
+
+def replicate(src: Path, dst: Path, n: int) -> None:
+    """A store of n images made of copies of src's images (same content, same codecs)."""
+    import zarr
+
+    from broden.store import (
+        CONCEPTS_ATTR,
+        DIGESTS_ATTR,
+        STORE_ATTR,
+        Block,
+        create_arrays,
+        open_store,
+        write_block,
+    )
+
+    store = open_store(src)
+    blk = store.read_block(0, len(store))
+    if dst.exists():
+        shutil.rmtree(dst)
+    g = zarr.open_group(str(dst), mode="w")
+    attrs = store.attrs.model_copy(update={"images": n, "shard_size": SHARD, "complete": False})
+    g.attrs[STORE_ATTR] = attrs.model_dump(mode="json")
+    g.attrs[CONCEPTS_ATTR] = [c.model_dump(mode="json") for c in store.concepts]
+    create_arrays(g, n, store.image_size, store.label_size, SHARD, store.categories)
+    digests: dict[str, list[str]] = {}
+    for start in range(0, n, SHARD):
+        idx = np.arange(start, min(start + SHARD, n)) % len(store)
+        part = Block(
+            images=blk.images[idx],
+            pixel={c: a[idx] for c, a in blk.pixel.items()},
+            image_labels={c: a[idx] for c, a in blk.image_labels.items()},
+            source=[blk.source[i] for i in idx],
+            source_id=[f"{blk.source_id[i]}#{start + k}" for k, i in enumerate(idx)],
+            split=[blk.split[i] for i in idx],
+            orig_size=blk.orig_size[idx],
+        )
+        for name, d in write_block(g, start, part).items():
+            digests.setdefault(name, []).append(d)
+    for name, ds in digests.items():
+        g[name].attrs[DIGESTS_ATTR] = ds
+    attrs.complete = True
+    g.attrs[STORE_ATTR] = attrs.model_dump(mode="json")
+
+
+class StoreDataset:
+    """The minimal torch Dataset over a store: one image with all its label layers. The
+    store is opened in each worker process on first use."""
+
+    def __init__(self, path: Path, n: int):
+        self.path = path
+        self.n = n
+        self.store: Any = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if self.store is None:
+            from broden.store import open_store
+
+            self.store = open_store(self.path)
+        s = self.store.sample(i)
+        return s.image, {**s.pixel, **s.image_labels}
+
+
+class DecodeDataset:
+    """The baseline as a Dataset: item i decodes the source files of sample i % len."""
+
+    def __init__(self, files: list[list[Path]], n: int):
+        self.files = files
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        decode_baseline(self.files[i % len(self.files)])
+        return i
+
+
+def _keep(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+def loader_rate(dataset: Any, reps: int) -> float:
+    """Items/s of a 2-worker DataLoader over ``dataset``: the best of ``reps`` epochs after
+    a first one that starts the (persistent) workers."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    torch.set_num_threads(1)
+    loader = DataLoader(dataset, batch_size=BATCH, num_workers=2, shuffle=True,
+                        collate_fn=_keep, persistent_workers=True)  # fmt: skip
+    for _ in loader:  # start the workers
+        pass
+    t = best_of(lambda: [None for _ in loader], reps)
+    return rate(len(dataset), t)
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def main() -> None:
+    from broden.build import build, make_plan
+    from broden.config import parse_config
+    from broden.store import open_store
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common_args(ap)
+    ap.add_argument("--images", type=int, default=512, help="images in the replicated store")
+    ap.add_argument("--repeat", type=int, default=3, help="timings are the best of this many")
+    args = ap.parse_args()
+    if args.quick:
+        args.images, args.repeat = min(args.images, 64), 1
+    run = Run()
+    args.work.mkdir(parents=True, exist_ok=True)
+    entries = available_sources()
+    cfg = parse_config({"image_size": S, "min_frequency": 1, "min_coverage": 0, "sources": entries})
+    built = args.work / "bench-store-base.zarr"
+    build(cfg, built, progress=False, overwrite=True)
+    n = args.images
+    replicated = args.work / "bench-store.zarr"
+    replicate(built, replicated, n)
+    store = open_store(replicated)
+    plan = make_plan(cfg)
+    files = [sample_files(src.adapter, i) for src in plan.sources for i in range(len(src.adapter))]
+    print(f"store of {n} copies of {len(files)} real photos; timing...", flush=True)
+
+    order = np.random.default_rng(0).permutation(n)
+    reps = args.repeat
+    t_one = best_of(lambda: [store.sample(int(i)) for i in order], reps)
+    t_block = best_of(lambda: [store.read_block(a, b) for a, b in store.shards()], reps)
+    r_loader = loader_rate(StoreDataset(replicated, n), reps)
+    t_decode = best_of(lambda: [decode_baseline(f) for f in files], reps)
+    r_decode = rate(len(files), t_decode)
+    n_dec = len(files) * (1 if args.quick else 4)
+    r_decode_loader = loader_rate(DecodeDataset(files, n_dec), reps)
+
+    rows = [
+        ["store, one image per call, random order", "1", f"{rate(n, t_one):.0f}",
+         f"{rate(n, t_one) / r_decode:.0f}×"],
+        ["store, shard-aligned blocks", "1", f"{rate(n, t_block):.0f}",
+         f"{rate(n, t_block) / r_decode:.0f}×"],
+        [f"store, torch DataLoader (batches of {BATCH}, shuffled)", "2 workers",
+         f"{r_loader:.0f}", f"{r_loader / r_decode_loader:.0f}×"],
+        ["baseline: decode the source files, one after another", "1", f"{r_decode:.0f}", "1×"],
+        [f"baseline: decode the source files, torch DataLoader (batches of {BATCH})",
+         "2 workers", f"{r_decode_loader:.0f}", "1×"],
+    ]  # fmt: skip
+    src_bytes = sum(f.stat().st_size for fs in files for f in fs) / len(files)
+    store_bytes = dir_bytes(replicated) / n
+    table = md_table(["read", "processes", "img/s", "vs decoding the sources"], rows)
+    text = (
+        f"Images with all their label layers (S = {S}, labels {S // 2}) read from a store of "
+        f"{n} copies of the {len(files)} real fixture photos (shards of {SHARD}), best of "
+        f"{reps}; the baseline decodes the same images' source files (OpenCV JPEG/PNG, scipy "
+        ".mat). DataLoader rows: the steady state of persistent workers (start-up not "
+        "counted), compared with the decoding DataLoader.\n\n"
+        + table
+        + f"\n\nOn disk: {store_bytes / 1e3:.0f} kB per image in the store (image and all "
+        f"label layers, compressed) against {src_bytes / 1e3:.0f} kB of source files per "
+        "image (at source resolution)."
+    )
+    print(text, flush=True)
+    shutil.rmtree(replicated, ignore_errors=True)
+    body = "\n\n".join(["## Reading a store (`bench/store.py`)", run.preamble(), text])
+    print("wrote", write_section("store", body, args.results))
+
+
+if __name__ == "__main__":
+    main()
