@@ -27,7 +27,6 @@ _here = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
 sys.path.insert(0, str(_here.parent))
 
-import argparse
 import shutil
 import statistics
 import time
@@ -37,10 +36,10 @@ from bench.common import (
     S,
     available_sources,
     best_of,
-    common_args,
     decode_baseline,
     rate,
     replicated_adapters,
+    sized_args,
     source_files,
 )
 from bench.results_file import Run, load_average, md_table, write_section
@@ -185,15 +184,8 @@ def bench_scaling(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common_args(ap)
-    ap.add_argument("--images", type=int, default=384, help="samples of the scaling builds")
-    ap.add_argument("--repeat", type=int, default=2, help="timings are the best of this many")
-    args = ap.parse_args()
-    if args.quick:
-        args.images, args.repeat = min(args.images, 17), 1
+    args = sized_args(__doc__, 384, 17, 2, "samples of the scaling builds")
     run = Run()
-    args.work.mkdir(parents=True, exist_ok=True)
     entries = available_sources()
     print("sources:", ", ".join(e["adapter"] for e in entries), flush=True)
     per_worker = bench_per_worker(entries, 1 if args.quick else 3)

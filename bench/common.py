@@ -26,6 +26,22 @@ def common_args(ap: argparse.ArgumentParser) -> None:
                     help="folder for the stores this benchmark writes")  # fmt: skip
 
 
+def sized_args(
+    doc: str, images: int, quick_images: int, repeat: int, what: str
+) -> argparse.Namespace:
+    """The arguments of a benchmark over ``--images`` replicated samples (``what`` they
+    are), timed best of ``--repeat``; ``--quick`` caps both. The work folder exists."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    common_args(ap)
+    ap.add_argument("--images", type=int, default=images, help=what)
+    ap.add_argument("--repeat", type=int, default=repeat, help="timings are the best of this many")
+    args = ap.parse_args()
+    if args.quick:
+        args.images, args.repeat = min(args.images, quick_images), 1
+    args.work.mkdir(parents=True, exist_ok=True)
+    return args
+
+
 def available_sources() -> list[dict[str, Any]]:
     """Config entries for the real-photo sources bundled in the repository."""
     from adapters import available_adapters

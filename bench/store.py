@@ -27,13 +27,12 @@ _here = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
 sys.path.insert(0, str(_here.parent))
 
-import argparse
 import shutil
 from typing import Any
 
 import numpy as np
 
-from bench.common import S, available_sources, best_of, common_args, decode_baseline, rate
+from bench.common import S, available_sources, best_of, decode_baseline, rate, sized_args
 from bench.common import source_files as sample_files
 from bench.results_file import Run, md_table, write_section
 
@@ -148,15 +147,8 @@ def main() -> None:
     from broden.config import parse_config
     from broden.store import open_store
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common_args(ap)
-    ap.add_argument("--images", type=int, default=512, help="images in the replicated store")
-    ap.add_argument("--repeat", type=int, default=3, help="timings are the best of this many")
-    args = ap.parse_args()
-    if args.quick:
-        args.images, args.repeat = min(args.images, 64), 1
+    args = sized_args(__doc__, 512, 64, 3, "images in the replicated store")
     run = Run()
-    args.work.mkdir(parents=True, exist_ok=True)
     entries = available_sources()
     cfg = parse_config({"image_size": S, "min_frequency": 1, "min_coverage": 0, "sources": entries})
     built = args.work / "bench-store-base.zarr"

@@ -29,7 +29,8 @@ import shutil
 import struct
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -574,6 +575,50 @@ def prepare_all(
     bar.close()
 
 
+@contextmanager
+def running(
+    plan: Plan, staging: Path, out: Path, workers: int, dask: str | None
+) -> Iterator[Runner]:
+    """The runner of ``--workers``/``--dask``, every worker set up for ``plan``; a dead
+    worker or an unusable cluster becomes a :class:`BuildError`; closed at the end."""
+    try:
+        runner = make_runner(
+            workers, dask, _init_worker, (plan, str(staging), str(out)), plan.fingerprint
+        )
+    except RunnerError as e:
+        raise BuildError(str(e)) from None
+    try:
+        yield runner
+    except RunnerError as e:
+        raise BuildError(str(e)) from None
+    finally:
+        runner.close()
+        _STATE.clear()
+
+
+def write_shards(
+    runner: Runner,
+    task: Callable[..., Any],
+    shards: list[int],
+    layout: Any,
+    staging: Path,
+    progress: bool,
+) -> None:
+    """Run ``task(shard, layout)`` for every shard of ``shards`` not recorded as written."""
+    written = {j for j in shards if (staging / "written" / f"{j:05d}.json").exists()}
+    bar = tqdm(total=len(shards), initial=len(written), desc="write", unit="shard",
+               disable=not progress)  # fmt: skip
+    runner.run(task, [(j, layout) for j in shards if j not in written], lambda *_: bar.update(1))
+    bar.close()
+
+
+def fail_on_skips(report: BuildReport) -> None:
+    """``--strict``: the first skipped sample fails the run."""
+    if report.skipped:
+        s = report.skipped[0]
+        raise BuildError(f"--strict: sample {s.source}:{s.source_id} cannot be used: {s.reason}")
+
+
 def start_staging(staging: Path, plan: Plan) -> dict[int, dict[str, Any]]:
     """Create (or reopen) the staging folder of ``plan``; the finished tasks' records.
 
@@ -643,38 +688,15 @@ def build(
 
     records = start_staging(staging, plan)
     reused = len(records)
-    try:
-        runner = make_runner(
-            workers, dask, _init_worker, (plan, str(staging), str(out)), plan.fingerprint
-        )
-    except RunnerError as e:
-        raise BuildError(str(e)) from None
-    try:
+    with running(plan, staging, out, workers, dask) as runner:
         prepare_all(plan, runner, records, strict, progress)
         unified, layout, report = _unify(plan, records)
-        if strict and report.skipped:
-            s = report.skipped[0]
-            raise BuildError(
-                f"--strict: sample {s.source}:{s.source_id} cannot be used: {s.reason}"
-            )
+        if strict:
+            fail_on_skips(report)
         attrs = _store_attrs(plan, layout, report, complete=False)
         _prepare_store(out, attrs, unified, layout)
-
-        n_shards = -(-layout.n // layout.shard)
-        written = {j for j in range(n_shards) if (staging / "written" / f"{j:05d}.json").exists()}
-        wbar = tqdm(total=n_shards, initial=len(written), desc="write", unit="shard",
-                    disable=not progress)  # fmt: skip
-        runner.run(
-            run_write_task,
-            [(j, layout) for j in range(n_shards) if j not in written],
-            lambda _r, _a: wbar.update(1),
-        )
-        wbar.close()
-    except RunnerError as e:
-        raise BuildError(str(e)) from None
-    finally:
-        runner.close()
-        _STATE.clear()
+        shards = list(range(-(-layout.n // layout.shard)))
+        write_shards(runner, run_write_task, shards, layout, staging, progress)
 
     report.seconds = time.perf_counter() - t0
     report.workers = workers
@@ -807,7 +829,8 @@ def _keep_numbering(prebuilt: Prebuilt, stats: dict[Key, KeyStats]) -> Unified:
     return Unified(concepts, assignment, {k: concepts[k[2] - 1].name for k in stats if k[2]})
 
 
-def _store_attrs(plan: Plan, layout: Layout, report: BuildReport, complete: bool) -> StoreAttrs:
+def source_infos(plan: Plan, layout: Layout, report: BuildReport) -> list[SourceInfo]:
+    """Provenance of the plan's sources, with the images and skips of ``layout``/``report``."""
     per_source: dict[str, int] = defaultdict(int)
     for m in layout.meta:
         per_source[m["source"]] += 1
@@ -832,6 +855,10 @@ def _store_attrs(plan: Plan, layout: Layout, report: BuildReport, complete: bool
                 options=src.adapter.options.model_dump(mode="json"),
             )
         )
+    return sources
+
+
+def _store_attrs(plan: Plan, layout: Layout, report: BuildReport, complete: bool) -> StoreAttrs:
     return StoreAttrs(
         format_version=FORMAT_VERSION,
         complete=complete,
@@ -840,7 +867,7 @@ def _store_attrs(plan: Plan, layout: Layout, report: BuildReport, complete: bool
         label_size=plan.config.label_size,
         shard_size=layout.shard,
         categories=layout.categories,
-        sources=sources,
+        sources=source_infos(plan, layout, report),
         build_config=plan.config.model_dump(mode="json"),
         build_fingerprint=plan.fingerprint,
         package_version=package_version(),

@@ -44,26 +44,26 @@ from broden.build import (
     Layout,
     Plan,
     _atomic_write_json,
-    _init_worker,
     _summary_from_attrs,
     assemble_rows,
     collect_stats,
+    fail_on_skips,
     make_layout,
     make_plan,
     names_lookup,
     package_version,
     prepare_all,
+    running,
+    source_infos,
     start_staging,
-    tqdm,
+    write_shards,
 )
 from broden.config import BuildConfig, make_adapters
-from broden.runners import RunnerError, make_runner
 from broden.schema import (
     Addition,
+    BuildReport,
     CategorySpec,
     Concept,
-    SkippedSample,
-    SourceInfo,
     StoreAttrs,
 )
 from broden.store import (
@@ -221,13 +221,7 @@ def add(
         _atomic_write_json(old_file, doc)
     reused = len(records)
 
-    try:
-        runner = make_runner(
-            workers, dask, _init_worker, (plan, str(staging), str(out)), plan.fingerprint
-        )
-    except RunnerError as e:
-        raise BuildError(str(e)) from None
-    try:
+    with running(plan, staging, out, workers, dask) as runner:
         prepare_all(plan, runner, records, strict, progress)
         stats, part_of = collect_stats(records)
         unified = unify_into(
@@ -235,27 +229,14 @@ def add(
             part_of,
         )  # fmt: skip
         new_layout, report = make_layout(plan, records, unified)
-        if strict and report.skipped:
-            s = report.skipped[0]
-            raise BuildError(
-                f"--strict: sample {s.source}:{s.source_id} cannot be used: {s.reason}"
-            )
+        if strict:
+            fail_on_skips(report)
         job = _plan_layout(old, new_layout)
         _migrate(out, staging, old, job, plan.fingerprint)
-
-        n_shards = -(-job.n_total // job.shard)
-        first = job.n_old // job.shard if not job.migrated else 0
-        written = {j for j in range(n_shards) if (staging / "written" / f"{j:05d}.json").exists()}
-        todo = [(j, job) for j in range(first, n_shards) if j not in written]
-        wbar = tqdm(total=n_shards - first, initial=n_shards - first - len(todo), desc="write",
-                      unit="shard", disable=not progress)  # fmt: skip
-        runner.run(run_add_write_task, todo, lambda _r, _a: wbar.update(1))
-        wbar.close()
-    except RunnerError as e:
-        raise BuildError(str(e)) from None
-    finally:
-        runner.close()
-        _STATE.clear()
+        # shards of old rows only are rewritten when an array gained layers
+        first = 0 if job.migrated else job.n_old // job.shard
+        shards = list(range(first, -(-job.n_total // job.shard)))
+        write_shards(runner, run_add_write_task, shards, job, staging, progress)
 
     seconds = time.perf_counter() - t0
     extended = sum(1 for c in unified.concepts[: len(old_concepts)] if c != old_concepts[c.id - 1])
@@ -434,39 +415,15 @@ def run_add_write_task(shard: int, job: AddLayout) -> dict[str, str]:
 
 
 def _final_attrs(
-    old: StoreAttrs, plan: Plan, job: AddLayout, report: Any, addition: Addition
+    old: StoreAttrs, plan: Plan, job: AddLayout, report: BuildReport, addition: Addition
 ) -> StoreAttrs:
-    per_source: dict[str, int] = {}
-    for m in job.new.meta:
-        per_source[m["source"]] = per_source.get(m["source"], 0) + 1
-    skipped: dict[str, int] = {}
-    for s in report.skipped:
-        skipped[s.source] = skipped.get(s.source, 0) + 1
-    sources = list(old.sources)
-    for src in plan.sources:
-        info = src.adapter.describe()
-        sources.append(
-            SourceInfo(
-                name=src.name,
-                adapter=src.adapter.name,
-                categories=list(src.kinds),
-                images=per_source.get(src.name, 0),
-                skipped=skipped.get(src.name, 0),
-                title=info.get("title"),
-                version=info.get("version"),
-                license=info.get("license"),
-                citation=info.get("citation"),
-                manifest_sha256=info.get("manifest_sha256"),
-                options=src.adapter.options.model_dump(mode="json"),
-            )
-        )
+    sources = [*old.sources, *source_infos(plan, job.new, report)]
     rep = old.build_report.model_copy(
         update={
-            "skipped": [*old.build_report.skipped, *(SkippedSample.model_validate(s.model_dump())
-                                                     for s in report.skipped)],
+            "skipped": [*old.build_report.skipped, *report.skipped],
             "dropped": [*old.build_report.dropped, *report.dropped],
         }
-    )  # fmt: skip
+    )
     return old.model_copy(
         update={
             "complete": True,

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from adapters import category_sort_key
 from broden.schema import CategoryStat, Concept, DroppedLabel, PartOfEdge
@@ -102,6 +103,71 @@ def key_names(
     return synonyms(names) if synonyms is not None else names
 
 
+def _claims(
+    order: Iterable[Key], names_of: Callable[[Key], list[str]], owner: dict[Any, Any]
+) -> Iterator[tuple[Key, list[str], str | None]]:
+    """Broden's claiming: visit the keys in ``order``; each claims, in ``owner``, every
+    name of its own not claimed yet. Yields (key, its names, the first name it claimed
+    itself, or None when all were claimed before)."""
+    for key in order:
+        names = names_of(key)
+        for n in names:
+            owner.setdefault(n, key)
+        yield key, names, next((n for n in names if owner[n] == key), None)
+
+
+def _keep_names(
+    named: Iterable[tuple[Key, str]],
+    present: Mapping[Key, KeyStats],
+    min_frequency: int,
+    min_coverage: float,
+) -> tuple[list[str], list[DroppedLabel], dict[str, KeyStats]]:
+    """Totals per name of the (key, name) pairs ('-': no name, ignored); the names that pass
+    the thresholds, by (descending frequency, descending coverage, name), and the others."""
+    name_stats: dict[str, KeyStats] = defaultdict(KeyStats)
+    name_cats: dict[str, set[str]] = defaultdict(set)
+    for key, name in named:
+        if name != "-":
+            name_stats[name].add(present[key])
+            name_cats[name].add(key[1])
+    kept, dropped = [], []
+    for name, s in name_stats.items():
+        if s.frequency >= min_frequency and s.coverage >= min_coverage:
+            kept.append(name)
+        else:
+            dropped.append(
+                DroppedLabel(
+                    name=name,
+                    frequency=s.frequency,
+                    coverage=s.coverage,
+                    categories=sorted(name_cats[name], key=category_sort_key),
+                )
+            )
+    kept.sort(key=lambda n: (-name_stats[n].frequency, -name_stats[n].coverage, n))
+    return kept, dropped, name_stats
+
+
+def _concept_stats(
+    assignment: Mapping[Key, int],
+    present: Mapping[Key, KeyStats],
+    part_of: Mapping[tuple[Key, Key], int] | None,
+) -> tuple[dict[int, dict[str, KeyStats]], dict[int, set[str]], dict[int, dict[int, int]]]:
+    """Per concept id: statistics per category, sources, and part-of pixels per object id
+    of the keys assigned to it."""
+    cat_stats: dict[int, dict[str, KeyStats]] = defaultdict(lambda: defaultdict(KeyStats))
+    sources: dict[int, set[str]] = defaultdict(set)
+    for key, cid in assignment.items():
+        if cid:
+            cat_stats[cid][key[1]].add(present[key])
+            sources[cid].add(key[0])
+    edges: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for (pk, ok), pixels in (part_of or {}).items():
+        p, o = assignment.get(pk, 0), assignment.get(ok, 0)
+        if p and o and p != o:
+            edges[p][o] += pixels
+    return cat_stats, sources, edges
+
+
 def unify(
     stats: Mapping[Key, KeyStats],
     names_of: Callable[[Key], list[str]],
@@ -118,11 +184,7 @@ def unify(
     order = sorted(present, key=lambda k: (-present[k].frequency, k))
     owner: dict[str, Key] = {}  # name -> key that claimed it (claim order kept)
     labname: dict[Key, str] = {}
-    for key in order:
-        names = names_of(key)
-        for n in names:
-            owner.setdefault(n, key)
-        own = next((n for n in names if owner[n] == key), None)
+    for key, names, own in _claims(order, names_of, owner):
         if own is not None:
             labname[key] = own
         elif not names:
@@ -143,47 +205,17 @@ def unify(
             labname[key] = labname[other]
 
     # Phase 3: totals per name, thresholds, numbering.
-    name_stats: dict[str, KeyStats] = defaultdict(KeyStats)
-    name_cats: dict[str, set[str]] = defaultdict(set)
-    for key, name in labname.items():
-        name_stats[name].add(present[key])
-        name_cats[name].add(key[1])
-    kept, dropped = [], []
-    for name, s in name_stats.items():
-        if name == "-":
-            continue
-        if s.frequency >= min_frequency and s.coverage >= min_coverage:
-            kept.append(name)
-        else:
-            dropped.append(
-                DroppedLabel(
-                    name=name,
-                    frequency=s.frequency,
-                    coverage=s.coverage,
-                    categories=sorted(name_cats[name], key=category_sort_key),
-                )
-            )
-    kept.sort(key=lambda n: (-name_stats[n].frequency, -name_stats[n].coverage, n))
+    kept, dropped, name_stats = _keep_names(labname.items(), present, min_frequency, min_coverage)
     number = {n: i + 1 for i, n in enumerate(kept)}
     assignment = {k: number.get(n, 0) for k, n in labname.items()}
 
     # Per-concept statistics.
-    cat_stats: dict[int, dict[str, KeyStats]] = defaultdict(lambda: defaultdict(KeyStats))
-    sources: dict[int, set[str]] = defaultdict(set)
-    for key, cid in assignment.items():
-        if cid:
-            cat_stats[cid][key[1]].add(present[key])
-            sources[cid].add(key[0])
+    cat_stats, sources, edges = _concept_stats(assignment, present, part_of)
     syns: dict[int, list[str]] = defaultdict(list)
     for n, key in owner.items():
         cid = assignment.get(key, 0)
         if cid and n != kept[cid - 1]:
             syns[cid].append(n)
-    edges: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    for (pk, ok), pixels in (part_of or {}).items():
-        p, o = assignment.get(pk, 0), assignment.get(ok, 0)
-        if p and o and p != o:
-            edges[p][o] += pixels
 
     # Primary category: largest coverage; ties go to the category that comes later in
     # Broden's category order (by each category's smallest concept id).
@@ -257,11 +289,7 @@ def unify_into(
         return present[o].coverage / present[o].frequency, present[o].frequency
 
     target: dict[Key, int | str] = {}  # key -> existing id, or its (new) name; '-' = none
-    for key in order:
-        names = names_of(key)
-        for n in names:
-            owner.setdefault(n, key)
-        own = next((n for n in names if owner[n] == key), None)
+    for key, names, own in _claims(order, names_of, owner):
         if own is not None:
             target[key] = own
             continue
@@ -276,43 +304,19 @@ def unify_into(
         target[key] = o if isinstance(o, int) else target[o]
 
     # new names: totals, thresholds, numbering after the existing ids
-    name_stats: dict[str, KeyStats] = defaultdict(KeyStats)
-    name_cats: dict[str, set[str]] = defaultdict(set)
-    for key, t in target.items():
-        if isinstance(t, str) and t != "-":
-            name_stats[t].add(present[key])
-            name_cats[t].add(key[1])
-    kept, dropped = [], []
-    for name, s in name_stats.items():
-        if s.frequency >= min_frequency and s.coverage >= min_coverage:
-            kept.append(name)
-        else:
-            dropped.append(
-                DroppedLabel(name=name, frequency=s.frequency, coverage=s.coverage,
-                             categories=sorted(name_cats[name], key=category_sort_key))
-            )  # fmt: skip
-    kept.sort(key=lambda n: (-name_stats[n].frequency, -name_stats[n].coverage, n))
+    named = [(k, t) for k, t in target.items() if isinstance(t, str)]
+    kept, dropped, name_stats = _keep_names(named, present, min_frequency, min_coverage)
     number = {n: n_old + i + 1 for i, n in enumerate(kept)}
     assignment = {k: (t if isinstance(t, int) else number.get(t, 0)) for k, t in target.items()}
     concept_name = {c.id: c.name for c in existing} | {i: n for n, i in number.items()}
 
     # statistics of every concept that received keys
-    cat_stats: dict[int, dict[str, KeyStats]] = defaultdict(lambda: defaultdict(KeyStats))
-    sources: dict[int, set[str]] = defaultdict(set)
-    for key, cid in assignment.items():
-        if cid:
-            cat_stats[cid][key[1]].add(present[key])
-            sources[cid].add(key[0])
+    cat_stats, sources, edges = _concept_stats(assignment, present, part_of)
     syns: dict[int, list[str]] = defaultdict(list)
     for n, o in owner.items():
         cid = assignment.get(o, 0) if not isinstance(o, int) else 0
         if cid and n != concept_name[cid]:
             syns[cid].append(n)
-    edges: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    for (pk, ok), pixels in (part_of or {}).items():
-        p, o = assignment.get(pk, 0), assignment.get(ok, 0)
-        if p and o and p != o:
-            edges[p][o] += pixels
 
     def merged_categories(old: list[CategoryStat], new: dict[str, KeyStats]) -> list[CategoryStat]:
         by_name = {c.name: c.model_copy() for c in old}
