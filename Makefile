@@ -29,9 +29,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# mypy reads the installed layout (adapters/ as broden.adapters, ...) from a tree of links.
+TYPECHECK := build/typecheck
 lint: $(STAMP)
 	$(BIN)/ruff check broden adapters dissect tests bench
-	$(BIN)/mypy
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/broden
+	for f in broden/*; do ln -s "$(CURDIR)/$$f" $(TYPECHECK)/broden/; done
+	for d in adapters dissect data_manifests; do ln -s "$(CURDIR)/$$d" $(TYPECHECK)/broden/$$d; done
+	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p broden
 
 # Each script prints its tables next to a baseline measured in the same run and writes its
 # section of bench/RESULTS.md (--quick: a smoke run; --results PATH: another file).
@@ -42,4 +47,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/dissect.py
 
 clean:
-	rm -rf broden-sample.zarr broden-sample.zarr.build demo-out .pytest_cache
+	rm -rf broden-sample.zarr broden-sample.zarr.build demo-out .pytest_cache build

@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import import_module
 from importlib.metadata import entry_points
 
-from adapters.base import (
+from broden.adapters.base import (
     CATEGORY_ORDER,
     Adapter,
     AdapterOptions,
@@ -43,14 +43,14 @@ __all__ = [
 
 #: name → "module:Class" of the adapters shipped with broden
 BUILTIN: dict[str, str] = {
-    "ade20k": "adapters.ade20k:ADE20K",
-    "broden_legacy": "adapters.broden_legacy:BrodenLegacy",
-    "dtd": "adapters.dtd:DTD",
-    "pascal": "adapters.pascal:Pascal",
-    "opensurfaces": "adapters.opensurfaces:OpenSurfaces",
-    "ade20k_sceneparsing": "adapters.ade20k_sceneparsing:ADE20KSceneParsing",
-    "coco": "adapters.coco:COCO",
-    "folder": "adapters.folder:Folder",
+    "ade20k": "broden.adapters.ade20k:ADE20K",
+    "broden_legacy": "broden.adapters.broden_legacy:BrodenLegacy",
+    "dtd": "broden.adapters.dtd:DTD",
+    "pascal": "broden.adapters.pascal:Pascal",
+    "opensurfaces": "broden.adapters.opensurfaces:OpenSurfaces",
+    "ade20k_sceneparsing": "broden.adapters.ade20k_sceneparsing:ADE20KSceneParsing",
+    "coco": "broden.adapters.coco:COCO",
+    "folder": "broden.adapters.folder:Folder",
 }
 
 ENTRY_POINT_GROUP = "broden.adapters"

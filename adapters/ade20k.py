@@ -55,10 +55,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from pydantic import Field
-from tqdm import tqdm
-
-from adapters.base import (
+from broden.adapters.base import (
     Adapter,
     PartOf,
     RootOptions,
@@ -66,8 +63,10 @@ from adapters.base import (
     SourceError,
     SourceSample,
 )
-from adapters.decode import load_mat, read_image, read_png_rgb, require_same_size
-from adapters.manifest import file_sha256, load_manifest
+from broden.adapters.decode import load_mat, read_image, read_png_rgb, require_same_size
+from broden.adapters.manifest import file_sha256, load_manifest
+from pydantic import Field
+from tqdm import tqdm
 
 
 class ADE20KOptions(RootOptions):

@@ -190,7 +190,7 @@ class Adapter(abc.ABC):
         what is missing or wrong. The default checks the manifest's expected layout."""
         root = getattr(self.options, "root", None)
         if self.manifest_name is not None and root is not None:
-            from adapters.manifest import load_manifest
+            from broden.adapters.manifest import load_manifest
 
             load_manifest(self.manifest_name).check_layout(root)
 
@@ -216,7 +216,7 @@ class Adapter(abc.ABC):
         """Provenance recorded in the store: version, license, citation, manifest checksum."""
         info: dict[str, Any] = {"adapter": self.name, "categories": list(self.categories)}
         if self.manifest_name is not None:
-            from adapters.manifest import load_manifest
+            from broden.adapters.manifest import load_manifest
 
             m = load_manifest(self.manifest_name)
             info.update(

@@ -54,8 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from adapters.base import (
+from broden.adapters.base import (
     Adapter,
     Kind,
     Prebuilt,
@@ -64,7 +63,7 @@ from adapters.base import (
     SourceError,
     SourceSample,
 )
-from adapters.decode import read_image, read_png_rgb
+from broden.adapters.decode import read_image, read_png_rgb
 
 #: The categories of the broden1 releases, in their ``category.csv`` order, with kinds.
 BRODEN1_KINDS: dict[str, Kind] = {
@@ -230,7 +229,7 @@ class BrodenLegacy(Adapter):
     def _read_release(self) -> _Release:
         root = self.options.root
         if not root.is_dir():
-            from adapters.manifest import load_manifest
+            from broden.adapters.manifest import load_manifest
 
             m = load_manifest("broden_legacy")
             what = "does not exist" if not root.exists() else "is not a folder"
@@ -441,7 +440,7 @@ class BrodenLegacy(Adapter):
     def check(self) -> None:
         """Read and cross-check index.csv, label.csv, category.csv and every c_<cat>.csv."""
         release = self._release()
-        from adapters.manifest import load_manifest
+        from broden.adapters.manifest import load_manifest
 
         manifest = load_manifest("broden_legacy")
         known = {r.version: r for r in manifest.releases}

@@ -25,7 +25,7 @@ COLOR_NAMES: tuple[str, ...] = (
 @cache
 def color_table() -> np.ndarray:
     """The (32, 32, 32) uint8 table of color-name indices 0..10, indexed [R//8, G//8, B//8]."""
-    with resources.files("data_manifests").joinpath("w2color.npy").open("rb") as f:
+    with resources.files("broden.data_manifests").joinpath("w2color.npy").open("rb") as f:
         table = np.load(f)
     if table.shape != (32, 32, 32) or table.max() >= len(COLOR_NAMES):
         raise RuntimeError("data_manifests/w2color.npy is damaged: expected 32×32×32 indices")

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from adapters.base import Adapter, RootOptions, SampleError, SourceError, SourceSample
-from adapters.decode import read_image
+from broden.adapters.base import Adapter, RootOptions, SampleError, SourceError, SourceSample
+from broden.adapters.decode import read_image
 
 
 class DTD(Adapter):

@@ -63,7 +63,7 @@ PNG per object instance exported from an annotation tool:
   transparency). An all-zero mask is allowed and adds nothing.
 
 Masks may overlap, of the same id or of different ids; they are layered without ever
-overwriting (:func:`adapters.layers.paint_layers`, as in the ``coco`` adapter): each
+overwriting (:func:`broden.adapters.layers.paint_layers`, as in the ``coco`` adapter): each
 mask, in file-name order (sorted as strings: ``10.png`` before ``2.png``), goes into
 the first layer where every pixel under it is 0 or already its id, else into a new
 layer. An image may have both label maps and masks of one category: the label maps'
@@ -100,9 +100,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import Field
-
-from adapters.base import (
+from broden.adapters.base import (
     Adapter,
     Kind,
     RootOptions,
@@ -111,8 +109,9 @@ from adapters.base import (
     SourceSample,
     category_sort_key,
 )
-from adapters.decode import read_image, read_png, require_same_size
-from adapters.layers import paint_layers
+from broden.adapters.decode import read_image, read_png, require_same_size
+from broden.adapters.layers import paint_layers
+from pydantic import Field
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 CATEGORY_NAME = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -15,9 +15,8 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
+from broden.adapters.base import SourceError
 from pydantic import BaseModel, ConfigDict, Field
-
-from adapters.base import SourceError
 
 
 class Archive(BaseModel):
@@ -97,7 +96,7 @@ class Manifest(BaseModel):
 @cache
 def load_manifest(name: str) -> Manifest:
     """Load ``data_manifests/<name>.yaml``."""
-    ref = resources.files("data_manifests").joinpath(f"{name}.yaml")
+    ref = resources.files("broden.data_manifests").joinpath(f"{name}.yaml")
     try:
         raw = ref.read_bytes()
     except FileNotFoundError:

@@ -44,16 +44,15 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-
-from adapters.base import (
+from broden.adapters.base import (
     Adapter,
     RootOptions,
     SampleError,
     SourceError,
     SourceSample,
 )
-from adapters.decode import read_image, read_png_rgb
-from adapters.manifest import load_manifest
+from broden.adapters.decode import read_image, read_png_rgb
+from broden.adapters.manifest import load_manifest
 
 TITLE = "OpenSurfaces"
 

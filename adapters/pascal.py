@@ -64,9 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field, model_validator
-
-from adapters.base import (
+from broden.adapters.base import (
     Adapter,
     AdapterOptions,
     PartOf,
@@ -74,8 +72,9 @@ from adapters.base import (
     SourceError,
     SourceSample,
 )
-from adapters.decode import load_mat, read_image, require_same_size
-from adapters.manifest import load_manifest
+from broden.adapters.decode import load_mat, read_image, require_same_size
+from broden.adapters.manifest import load_manifest
+from pydantic import Field, model_validator
 
 #: The 20 PASCAL VOC classes in the standard order (``class_ind`` 1..20).
 VOC_CLASSES: tuple[str, ...] = (
@@ -262,7 +261,7 @@ def read_part_table_csv(path: Path) -> list[PartCode]:
 def bundled_part_table() -> list[PartCode]:
     """The part table shipped in ``data_manifests/pascal_part_parts.csv``."""
     with resources.as_file(
-        resources.files("data_manifests").joinpath("pascal_part_parts.csv")
+        resources.files("broden.data_manifests").joinpath("pascal_part_parts.csv")
     ) as path:
         return read_part_table_csv(path)
 

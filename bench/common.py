@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from adapters import Adapter, Kind, SourceSample
+from broden.adapters import Adapter, Kind, SourceSample
 
 REPO = Path(__file__).resolve().parent.parent
 S = 224
@@ -44,7 +44,7 @@ def sized_args(
 
 def available_sources() -> list[dict[str, Any]]:
     """Config entries for the real-photo sources bundled in the repository."""
-    from adapters import available_adapters
+    from broden.adapters import available_adapters
 
     data = REPO / "tests" / "data"
     found: list[dict[str, Any]] = [

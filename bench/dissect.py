@@ -6,7 +6,7 @@ store with Broden-like label maps (~1,000 concepts in six categories, 224 px ima
 112 px labels), for layer3 (256 units at 14×14) and layer4 (512 units at 7×7):
 
 (a) the model's bare forward pass over the store (reading, normalising, full forward),
-(b) the full dissection of the layer (``dissect.dissect``: thresholds, tally, scoring,
+(b) the full dissection of the layer (``broden.dissect.dissect``: thresholds, tally, scoring,
     files), and its tally pass alone (labels read + upsample + threshold + count),
 (c) a per-unit-loop tally in the style of NetDissect-Lite on a subset, extrapolated: per
     image, per unit, skip the unit if its map's maximum is at or below the threshold,
@@ -16,7 +16,7 @@ store with Broden-like label maps (~1,000 concepts in six categories, 224 px ima
 (c') the same loop without the skip: every unit's map upsampled and thresholded in every
     image, as the original NetDissect's tally did.
 
-Then **the tally alone at Broden-scale shapes**: ``dissect.tally.Tally`` (the real tally)
+Then **the tally alone at Broden-scale shapes**: ``broden.dissect.tally.Tally`` (the real tally)
 with U = 512 units of 7×7 activations upsampled to 112×112 against ~1,200 concepts, on a
 synthetic store with Broden-like label density (objects as Voronoi regions, two part
 layers, materials, colors per pixel, scenes and textures per image) and synthetic
@@ -53,17 +53,17 @@ import time
 
 import numpy as np
 import torch
+from broden.dissect import dissect
+from broden.dissect.concepts import select_concepts
+from broden.dissect.data import StoreBatches, iterate
+from broden.dissect.hooks import LayerCapture
+from broden.dissect.models import load_model, parse_normalize, preprocess
+from broden.dissect.synthetic import random_store
+from broden.dissect.tally import LabelTables, Tally, threshold_for_dtype
 from PIL import Image
 
 from bench.results_file import RESULTS, Run, md_table, write_section
 from broden.store import BrodenStore, open_store
-from dissect import dissect
-from dissect.concepts import select_concepts
-from dissect.data import StoreBatches, iterate
-from dissect.hooks import LayerCapture
-from dissect.models import load_model, parse_normalize, preprocess
-from dissect.synthetic import random_store
-from dissect.tally import LabelTables, Tally, threshold_for_dtype
 
 LAYERS = ("layer3", "layer4")
 
@@ -192,7 +192,7 @@ def tally_bench(
     t_all = ndl_loop(store, feats, thresholds, skip=False) * n / k
     kp = sum(c.layers for c in store.categories if c.kind == "pixel")
     rows = [
-        [f"`dissect.tally.Tally` (batches of {batch}, {torch.get_num_threads()} threads)",
+        [f"`broden.dissect.tally.Tally` (batches of {batch}, {torch.get_num_threads()} threads)",
          f"{n}", f"{n / best:.1f}", "1×"],
         ["(c) per-unit loop, NetDissect-Lite style (skips units whose max ≤ threshold)",
          f"{k}, extrapolated", f"{n / t_loop:.1f}", f"{t_loop / best:.1f}×"],

@@ -41,7 +41,7 @@ import zarr
 from tqdm import tqdm
 from zarr.codecs import ZstdCodec
 
-from adapters import (
+from broden.adapters import (
     Adapter,
     Kind,
     Prebuilt,
@@ -50,7 +50,7 @@ from adapters import (
     SourceSample,
     category_sort_key,
 )
-from adapters.colors import color_counts, color_labels, color_vocabulary
+from broden.adapters.colors import color_counts, color_labels, color_vocabulary
 from broden.config import BuildConfig, make_adapters
 from broden.imaging import label_grid, resize_image, sample_labels
 from broden.runners import Runner, RunnerError, make_runner

@@ -30,14 +30,14 @@ def user_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from adapters import SourceError
+        from broden.adapters import SourceError
         from broden.build import BuildError
         from broden.config import ConfigError
         from broden.store import StoreError
 
         errors: tuple[type[BaseException], ...] = (SourceError, BuildError, ConfigError, StoreError)
         try:
-            from dissect.errors import DissectError
+            from broden.dissect.errors import DissectError
 
             errors += (DissectError,)
         except ImportError:
@@ -227,7 +227,7 @@ def validate(
 @user_errors
 def adapters() -> None:
     """List the installed source adapters and the categories they supply."""
-    from adapters import SourceError, available_adapters, get_adapter_class
+    from broden.adapters import SourceError, available_adapters, get_adapter_class
 
     for name, target in available_adapters().items():
         try:
@@ -272,7 +272,7 @@ def _register_plugins() -> None:
     """Commands that live in other packages (``dissect``): each registers itself on ``app``.
     Their modules import only typer at load time; torch is imported when a command runs."""
     try:
-        from dissect.cli import register
+        from broden.dissect.cli import register
     except ImportError:
         return
     register(app)

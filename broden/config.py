@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from adapters import Adapter, SourceError, get_adapter_class
+from broden.adapters import Adapter, SourceError, get_adapter_class
 
 
 class ConfigError(Exception):

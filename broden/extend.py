@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from adapters import Adapter, category_sort_key
+from broden.adapters import Adapter, category_sort_key
 from broden.build import (
     _STATE,
     BuildError,

@@ -37,7 +37,7 @@ import zarr
 from pydantic import ValidationError
 from zarr.codecs import ZstdCodec
 
-from adapters import category_sort_key
+from broden.adapters import category_sort_key
 from broden.schema import FORMAT_VERSION, CategorySpec, Concept, StoreAttrs
 from broden.shards import ShardedRowReader
 

@@ -27,7 +27,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from adapters import category_sort_key
+from broden.adapters import category_sort_key
 from broden.schema import CategoryStat, Concept, DroppedLabel, PartOfEdge
 
 Key = tuple[str, str, int]  # (source, category, local id)
@@ -63,7 +63,7 @@ class Synonyms:
         """The tables of Broden's ``synonym.py`` (``data_manifests/synonyms_*.csv``)."""
         pref: dict[str, list[str]] = defaultdict(list)
         conf: dict[str, set[str]] = defaultdict(set)
-        pkg = resources.files("data_manifests")
+        pkg = resources.files("broden.data_manifests")
         with pkg.joinpath("synonyms_preferred.csv").open(encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 pref[row["name"]].append(row["preferred"])

@@ -2,14 +2,14 @@
 
 Public API (imported lazily, so ``import dissect`` does not import torch)::
 
-    from dissect import dissect, score_activations, DissectionResult, DissectError
+    from broden.dissect import dissect, score_activations, DissectionResult, DissectError
     results = dissect("broden.zarr", "dissect.zoo:resnet18", ["layer3", "layer4"], out="out")
     print(results["layer4"].headline())
     r = score_activations("broden.zarr", "conv5.npy", out="out")   # N×U×h×w activations
 
-See :mod:`dissect.pipeline` for the passes, :mod:`dissect.thresholds`,
-:mod:`dissect.tally` and :mod:`dissect.scoring` for the definitions, and
-:mod:`dissect.results` for the files written.
+See :mod:`broden.dissect.pipeline` for the passes, :mod:`broden.dissect.thresholds`,
+:mod:`broden.dissect.tally` and :mod:`broden.dissect.scoring` for the definitions, and
+:mod:`broden.dissect.results` for the files written.
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dissect.errors import DissectError
-    from dissect.pipeline import dissect, score_activations
-    from dissect.results import DissectionResult
+    from broden.dissect.errors import DissectError
+    from broden.dissect.pipeline import dissect, score_activations
+    from broden.dissect.results import DissectionResult
 
 __all__ = ["DissectError", "DissectionResult", "dissect", "score_activations"]
 
 _LAZY = {
-    "dissect": "dissect.pipeline",
-    "score_activations": "dissect.pipeline",
-    "DissectionResult": "dissect.results",
-    "DissectError": "dissect.errors",
+    "dissect": "broden.dissect.pipeline",
+    "score_activations": "broden.dissect.pipeline",
+    "DissectionResult": "broden.dissect.results",
+    "DissectError": "broden.dissect.errors",
 }
 
 

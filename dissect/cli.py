@@ -1,6 +1,6 @@
 """``broden dissect`` and ``broden report``: thin typer wrappers over
-:func:`dissect.dissect`, :func:`dissect.score_activations` and
-:func:`dissect.report.write_report`. Importing this module imports only typer; torch is
+:func:`broden.dissect.dissect`, :func:`broden.dissect.score_activations` and
+:func:`broden.dissect.report.write_report`. Importing this module imports only typer; torch is
 imported when a command runs."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
-from dissect.experiments_cli import ALPHA_HELP, ROTATE_HELP
+from broden.dissect.experiments_cli import ALPHA_HELP, ROTATE_HELP
 
 
 def _concept_args(values: list[str] | None) -> list[str] | None:
@@ -26,9 +25,10 @@ DISTRIBUTED_HELP = (
 
 def register(app: typer.Typer) -> None:
     """Add the ``dissect`` and ``report`` commands, and the experiments' ``compare`` and
-    ``segment`` (:mod:`dissect.experiments_cli`), to ``app``."""
+    ``segment`` (:mod:`broden.dissect.experiments_cli`), to ``app``."""
+    from broden.dissect.experiments_cli import register as register_experiments
+
     from broden.cli import user_errors
-    from dissect.experiments_cli import register as register_experiments
 
     register_experiments(app)
 
@@ -141,7 +141,7 @@ def register(app: typer.Typer) -> None:
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
     ) -> None:
         """Dissect layers of a model (or precomputed activations) against STORE."""
-        from dissect.errors import DissectError
+        from broden.dissect.errors import DissectError
 
         if alpha and rotate is None:
             raise DissectError("--alpha needs --rotate SEED")
@@ -173,7 +173,7 @@ def register(app: typer.Typer) -> None:
             if layer and len(layer) > 1:
                 raise DissectError("--activations holds one layer; give at most one --layer")
             if rotate is not None:
-                from dissect.experiments import run_rotation_activations
+                from broden.dissect.experiments import run_rotation_activations
 
                 rotations = [
                     run_rotation_activations(
@@ -189,7 +189,7 @@ def register(app: typer.Typer) -> None:
                 ]
                 results = [r.unrotated for r in rotations]
             else:
-                from dissect.pipeline import score_activations
+                from broden.dissect.pipeline import score_activations
 
                 results = [
                     score_activations(
@@ -218,24 +218,24 @@ def register(app: typer.Typer) -> None:
                 **common,
             )
             if rotate is not None:
-                from dissect.experiments import run_rotations
+                from broden.dissect.experiments import run_rotations
 
                 alphas = alpha or [1.0]
                 by_layer = run_rotations(store, model, layer, rotate, alphas, **model_args)
                 rotations = list(by_layer.values())
                 results = [r.unrotated for r in rotations]
             else:
-                from dissect.pipeline import dissect
+                from broden.dissect.pipeline import dissect
 
                 results = list(dissect(store, model, layer, **model_args).values())
         if distributed:
-            from dissect.distributed import is_main, shutdown
+            from broden.dissect.distributed import is_main, shutdown
 
             main = is_main()
             shutdown()
             if not main:
                 return  # rank 0 reports
-        from dissect.report import has_random_weights
+        from broden.dissect.report import has_random_weights
 
         if has_random_weights(model, None if weights is None else str(weights)):
             typer.echo(
@@ -250,7 +250,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(rot.format())
         typer.echo(f"results: {out}")
         if report:
-            from dissect.report import write_report
+            from broden.dissect.report import write_report
 
             page = write_report(
                 out,
@@ -282,7 +282,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write OUT/report.html: per layer the detector headline, a bar chart by category
         and every unit's top images with its mask (offline: images in OUT/report_files/)."""
-        from dissect.report import write_report
+        from broden.dissect.report import write_report
 
         page = write_report(
             out,

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from broden.dissect.errors import DissectError
 
 from broden.concept_set import ConceptSetError, fingerprint, resolve
 from broden.store import BrodenStore
-from dissect.errors import DissectError
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,10 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+from broden.dissect.errors import DissectError
 from torch.utils.data import DataLoader, Dataset
 
 from broden.store import BrodenStore
-from dissect.errors import DissectError
 
 
 def batch_ranges(store: BrodenStore, batch_size: int) -> list[tuple[int, int]]:

@@ -5,7 +5,7 @@ Each rank dissects a disjoint part of the (selected) images made of whole shards
 (:func:`split_shards`), and the ranks combine what a single process would have seen:
 
 - thresholds: each unit's largest values, kept per rank by the same exact
-  :class:`~dissect.thresholds.StreamingTopK` with the ``k`` that the whole dataset
+  :class:`~broden.dissect.thresholds.StreamingTopK` with the ``k`` that the whole dataset
   needs, are gathered and the global top ``k`` taken (the top ``k`` of a union is within
   the union of the parts' top ``k``), with the counts of values summed; both quantile
   methods (``exact``, ``ndl``) depend only on these, so thresholds are identical to a
@@ -27,10 +27,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from broden.dissect.data import resolve_device
+from broden.dissect.errors import DissectError
 
 from broden.store import BrodenStore
-from dissect.data import resolve_device
-from dissect.errors import DissectError
 
 T = TypeVar("T")
 
@@ -38,7 +38,7 @@ T = TypeVar("T")
 ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 LAUNCH = (
     "launch with torchrun, e.g. `torchrun --nproc-per-node 2 $(which broden) dissect STORE "
-    "... --distributed` or `torchrun --nproc-per-node 2 -m dissect dissect STORE ... "
+    "... --distributed` or `torchrun --nproc-per-node 2 -m broden dissect STORE ... "
     "--distributed`"
 )
 
@@ -144,7 +144,7 @@ class TorchRanks(Ranks):
     def merge_top_images(
         self, values: np.ndarray, indices: np.ndarray, k: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        from dissect.topimages import rank_images
+        from broden.dissect.topimages import rank_images
 
         units, have = values.shape
         vals = np.full((units, k), -np.inf)

@@ -45,17 +45,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from dissect.errors import DissectError
-from dissect.results import SUMMARY, layer_dir
+from broden.dissect.errors import DissectError
+from broden.dissect.results import SUMMARY, layer_dir
 
 if TYPE_CHECKING:
     import torch
+    from broden.dissect.results import DissectionResult
     from matplotlib.figure import Figure
     from torch import nn
 
     from broden.store import BrodenStore
-    from dissect.results import DissectionResult
 
 #: Broden's categories in the order the paper's figures list them
 CATEGORY_ORDER: tuple[str, ...] = ("color", "texture", "material", "part", "object", "scene")
@@ -207,7 +206,7 @@ def _parse_result_arg(
 
 def _rescore(directory: Path, summary: dict[str, Any], threshold: float) -> dict[str, Any]:
     """Detector numbers of a layer at another IoU threshold, from its iou.npy."""
-    from dissect.scoring import detector_summary, score
+    from broden.dissect.scoring import detector_summary, score
 
     try:
         iou = np.load(directory / "iou.npy", allow_pickle=False)
@@ -802,7 +801,7 @@ def _check_rotation_args(seed: int, kwargs: Mapping[str, Any]) -> None:
 def _finish(
     layer: str, seed: int, base: DissectionResult, rotated: dict[float, Any]
 ) -> RotationResult:
-    from dissect.distributed import is_main
+    from broden.dissect.distributed import is_main
 
     res = RotationResult(layer, int(seed), base, rotated, base.directory / "rotation.csv", [])
     if base.summary["settings"].get("distributed") is None or is_main():
@@ -820,21 +819,21 @@ def run_rotations(
     out: str | os.PathLike[str],
     **dissect_kwargs: Any,
 ) -> dict[str, RotationResult]:
-    """The rotation experiment for ``layers`` of ``model``: :func:`dissect.dissect`
+    """The rotation experiment for ``layers`` of ``model``: :func:`broden.dissect.dissect`
     unrotated into ``out`` and, for each alpha, with the channels rotated by
     ``Q^alpha`` (Q = :func:`random_rotation` (U, seed) per layer of width U) into
     :func:`rotation_dir` (out, seed, alpha). Each run is a complete dissection cached
     under its own key (the rotation's seed and alpha are in it), so a re-run reuses it.
     Writes ``out/<layer>/rotation.csv`` and ``rotation.png``/``.svg`` per layer.
 
-    ``dissect_kwargs`` are :func:`dissect.dissect`'s (``thresholds`` is refused: the
+    ``dissect_kwargs`` are :func:`broden.dissect.dissect`'s (``thresholds`` is refused: the
     rotated units need their own).
 
     >>> r = run_rotations("broden.zarr", "dissect.zoo:resnet18", ["layer4"], seed=1,
     ...                   alphas=(0.5, 1.0), out="out")                # doctest: +SKIP
     >>> print(r["layer4"].format())                                   # doctest: +SKIP
     """
-    from dissect.pipeline import dissect
+    from broden.dissect.pipeline import dissect
 
     _check_rotation_args(seed, dissect_kwargs)
     dissect_kwargs.pop("thresholds", None)
@@ -875,9 +874,9 @@ def run_rotation_activations(
     **score_kwargs: Any,
 ) -> RotationResult:
     """The rotation experiment on precomputed activations (N×U×h×w, as for
-    :func:`dissect.score_activations`, whose keyword arguments ``score_kwargs`` are):
+    :func:`broden.dissect.score_activations`, whose keyword arguments ``score_kwargs`` are):
     unrotated into ``out``, rotated into :func:`rotation_dir` (out, seed, alpha)."""
-    from dissect.pipeline import score_activations
+    from broden.dissect.pipeline import score_activations
 
     _check_rotation_args(seed, score_kwargs)
     score_kwargs.pop("thresholds", None)
@@ -931,8 +930,8 @@ def run_rotation(
 
 def rotate_options_help() -> dict[str, str]:
     """Help texts of ``broden dissect``'s ``--rotate SEED`` and ``--alpha A`` options (also
-    importable from :mod:`dissect.experiments_cli`, which imports only typer)."""
-    from dissect.experiments_cli import rotate_options_help as texts
+    importable from :mod:`broden.dissect.experiments_cli`, which imports only typer)."""
+    from broden.dissect.experiments_cli import rotate_options_help as texts
 
     return texts()
 
@@ -1068,8 +1067,8 @@ def _load_image(
     elif isinstance(image, np.ndarray):
         img = image
     else:
-        from adapters.base import SampleError
-        from adapters.decode import read_image
+        from broden.adapters.base import SampleError
+        from broden.adapters.decode import read_image
 
         path = Path(image)  # type: ignore[arg-type]
         if not path.exists():
@@ -1095,8 +1094,7 @@ def _upsample(maps: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(K, h, w) → (K, H, W) with the tally's bilinear arithmetic (half-pixel centres,
     clamped edges: ``F.interpolate(mode="bilinear", align_corners=False)``)."""
     import torch
-
-    from dissect.tally import bilinear_weights
+    from broden.dissect.tally import bilinear_weights
 
     r0, r1, _, rl1 = bilinear_weights(maps.shape[1], height)
     c0, c1, _, cl1 = bilinear_weights(maps.shape[2], width)
@@ -1208,11 +1206,10 @@ def segment(
     >>> seg.labels[:3], seg.masks.shape                               # doctest: +SKIP
     """
     import torch
-
-    from dissect.data import resolve_device
-    from dissect.hooks import LayerCapture, to_unit_maps
-    from dissect.models import Normalization, load_model, preprocess
-    from dissect.tally import threshold_for_dtype
+    from broden.dissect.data import resolve_device
+    from broden.dissect.hooks import LayerCapture, to_unit_maps
+    from broden.dissect.models import Normalization, load_model, preprocess
+    from broden.dissect.tally import threshold_for_dtype
 
     directory = _results_layer(result_dir)
     summary = _read_summary(directory)

@@ -1,9 +1,9 @@
 """``broden compare`` and ``broden segment``: thin typer wrappers over
-:func:`dissect.experiments.compare` and :func:`dissect.experiments.segment`.
+:func:`broden.dissect.experiments.compare` and :func:`broden.dissect.experiments.segment`.
 Importing this module imports only typer; torch and matplotlib are imported when a
 command runs. ``register(app)`` adds both commands to a typer app; ``ROTATE_HELP``,
 ``ALPHA_HELP`` (:func:`rotate_options_help`) are the help texts of ``broden dissect``'s
-``--rotate`` / ``--alpha`` options, which call :func:`dissect.experiments.run_rotations`."""
+``--rotate`` / ``--alpha`` options, which call :func:`broden.dissect.experiments.run_rotations`."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Compare layers and models: unique detectors and the share of units per category."""
-        from dissect.experiments import ExperimentWarning, compare
+        from broden.dissect.experiments import ExperimentWarning, compare
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentWarning)  # printed below instead
@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Segment an image with a layer's detector units (each unit's mask in its own
         color, labelled with its concept; higher-IoU units on top)."""
-        from dissect.experiments import ExperimentWarning, segment
+        from broden.dissect.experiments import ExperimentWarning, segment
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ExperimentWarning)

@@ -32,9 +32,8 @@ from types import TracebackType
 from typing import Any
 
 import torch
+from broden.dissect.errors import DissectError
 from torch import nn
-
-from dissect.errors import DissectError
 
 LAYOUTS: tuple[str, ...] = ("auto", "nchw", "nhwc")
 OUTPUT = "output"

@@ -7,6 +7,9 @@ Model specs (``--model``):
     for torchvision's pretrained weights, e.g. ``torchvision:resnet18:IMAGENET1K_V1``;
     downloaded by torchvision). torchvision is an optional dependency; without it,
     ``dissect.zoo:resnet18`` with ``--weights`` loads torchvision's resnet18 weights.
+``dissect.zoo:NAME``
+    the built-in model zoo, :mod:`broden.dissect.zoo` (``dissect.zoo`` is the short name of
+    that module in a spec; ``broden.dissect.zoo:NAME`` is the same model).
 ``package.module:factory``
     ``factory()`` from an importable module, returning an ``nn.Module``.
 a TorchScript file (``torch.jit.save``; ``.pt``, ``.pth``, ``.ts``, ...)
@@ -37,9 +40,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from broden.dissect.errors import DissectError
 from torch import nn
-
-from dissect.errors import DissectError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -146,10 +148,14 @@ def _torchvision(name: str, weights: str | None) -> nn.Module:
         raise DissectError(f"torchvision cannot build model {name!r}: {e}") from None
 
 
+#: short module names accepted in ``package.module:factory`` specs
+MODULE_ALIASES = {"dissect.zoo": "broden.dissect.zoo"}
+
+
 def _factory(spec: str) -> nn.Module:
     mod_name, _, fn_name = spec.partition(":")
     try:
-        mod = importlib.import_module(mod_name)
+        mod = importlib.import_module(MODULE_ALIASES.get(mod_name, mod_name))
     except Exception as e:
         raise DissectError(
             f"--model {spec}: cannot import module {mod_name!r} ({type(e).__name__}: {e})"

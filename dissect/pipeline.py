@@ -3,10 +3,10 @@
 For each layer that is not already in the results cache:
 
 1. **Thresholds**: a pass feeds every batch's activations to a per-unit
-   :class:`~dissect.thresholds.StreamingTopK` and records each unit's top images; the
+   :class:`~broden.dissect.thresholds.StreamingTopK` and records each unit's top images; the
    thresholds follow from the kept values. Given thresholds skip this.
-2. **Tally**: a pass upsamples, thresholds and counts (:class:`~dissect.tally.Tally`).
-3. **Scoring** and files (:mod:`dissect.results`).
+2. **Tally**: a pass upsamples, thresholds and counts (:class:`~broden.dissect.tally.Tally`).
+3. **Scoring** and files (:mod:`broden.dissect.results`).
 
 With a model, the two passes are either one forward pass whose (transformed) activations
 are kept in memory and replayed for the tally, when they fit ``memory_budget``
@@ -18,7 +18,7 @@ does both. Several layers share each forward pass.
 A dissection may cover only the images of some sources (``sources``). With
 ``distributed`` (under ``torchrun``) each rank passes over its own shards of them and
 the ranks merge their thresholds' top-k, top images and counts after each pass
-(:mod:`dissect.distributed`); rank 0 writes the files. ``amp`` runs the model's forward
+(:mod:`broden.dissect.distributed`); rank 0 writes the files. ``amp`` runs the model's forward
 pass under autocast (float16 on CUDA, bfloat16 on the CPU); the maps are float32.
 """
 
@@ -36,12 +36,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from tqdm import tqdm
-
-from broden.store import BrodenStore, open_store
-from dissect.concepts import ConceptSelection, select_concepts
-from dissect.data import (
+from broden.dissect.concepts import ConceptSelection, select_concepts
+from broden.dissect.data import (
     StoreBatch,
     StoreBatches,
     iterate,
@@ -49,10 +45,10 @@ from dissect.data import (
     resolve_sources,
     source_indices,
 )
-from dissect.distributed import LOCAL, Ranks
-from dissect.errors import DissectError
-from dissect.hooks import LAYOUTS, LayerCapture, to_unit_maps
-from dissect.models import (
+from broden.dissect.distributed import LOCAL, Ranks
+from broden.dissect.errors import DissectError
+from broden.dissect.hooks import LAYOUTS, LayerCapture, to_unit_maps
+from broden.dissect.models import (
     LoadedModel,
     Normalization,
     autocast,
@@ -60,7 +56,7 @@ from dissect.models import (
     parse_normalize,
     preprocess,
 )
-from dissect.results import (
+from broden.dissect.results import (
     DissectionResult,
     LayerCounts,
     cache_key,
@@ -68,9 +64,9 @@ from dissect.results import (
     read_cached,
     write_layer,
 )
-from dissect.scoring import MODES
-from dissect.tally import LabelTables, Tally, threshold_for_dtype
-from dissect.thresholds import (
+from broden.dissect.scoring import MODES
+from broden.dissect.tally import LabelTables, Tally, threshold_for_dtype
+from broden.dissect.thresholds import (
     StreamingTopK,
     check_thresholds,
     load_thresholds,
@@ -78,7 +74,11 @@ from dissect.thresholds import (
     validate_quantile,
     values_needed,
 )
-from dissect.topimages import TopImages
+from broden.dissect.topimages import TopImages
+from torch import nn
+from tqdm import tqdm
+
+from broden.store import BrodenStore, open_store
 
 UnitTransform = Callable[[torch.Tensor], torch.Tensor]
 ThresholdSpec = str | os.PathLike[str] | np.ndarray | Mapping[str, Any] | None
@@ -598,7 +598,7 @@ def dissect(
     """Dissect ``layers`` of ``model`` against ``store``; write ``out/<layer>/``.
 
     ``model`` is a spec (``dissect.zoo:resnet18``, ``torchvision:resnet18``, a
-    TorchScript or .pt2 file; see :mod:`dissect.models`) or an ``nn.Module``.
+    TorchScript or .pt2 file; see :mod:`broden.dissect.models`) or an ``nn.Module``.
     ``unit_transform`` (one callable, or one per layer) maps each batch's (B, U, h, w)
     activations to the maps that are dissected (e.g. a channel rotation); it needs a
     ``transform_key`` naming it for the results cache. A layer whose results in ``out``
@@ -607,7 +607,7 @@ def dissect(
 
     ``sources`` (names, or comma-separated): dissect only the images of these sources
     (thresholds, counts and top images over them alone). ``distributed``: this process
-    is one rank of a ``torchrun`` launch (:mod:`dissect.distributed`); every rank returns
+    is one rank of a ``torchrun`` launch (:mod:`broden.dissect.distributed`); every rank returns
     the same results, rank 0 writes them. ``amp``: the model's forward pass under
     autocast (float16 on CUDA, bfloat16 on the CPU), the maps dissected as float32.
 
@@ -712,7 +712,7 @@ def _ranks(distributed: bool, device: str | torch.device) -> tuple[Ranks, torch.
     """This process's ranks and device (under ``distributed``: joins the process group)."""
     if not distributed:
         return LOCAL, resolve_device(device)
-    from dissect.distributed import setup
+    from broden.dissect.distributed import setup
 
     return setup(device)
 
@@ -915,7 +915,7 @@ def score_activations(
 ) -> DissectionResult:
     """Dissect precomputed activations: an N×U×h×w array (.npy path, Zarr array path, or an
     array in memory; tokens N×T×D and channels-last arrays are read as in
-    :func:`dissect.hooks.to_unit_maps`) whose row i belongs to store image i. The layer's
+    :func:`broden.dissect.hooks.to_unit_maps`) whose row i belongs to store image i. The layer's
     name is ``layer`` (default: the file's stem, or ``activations``).
 
     With ``sources`` (see :func:`dissect`) only those sources' images are dissected; the

@@ -1,7 +1,7 @@
 """The HTML report of a dissection run: what a researcher looks at.
 
 :func:`write_report` reads every dissected layer in a results folder ``OUT/<layer>/``
-(the files of :mod:`dissect.results`) and writes one offline page, ``OUT/report.html``,
+(the files of :mod:`broden.dissect.results`) and writes one offline page, ``OUT/report.html``,
 with its images beside it in ``OUT/report_files/``. Nothing on the page is fetched from
 the network: the CSS and the small sorting script are inline, the charts and image
 strips are local files. Per layer it shows
@@ -20,9 +20,9 @@ strips are local files. Per layer it shows
 
 Masks: only the top images are run through the model again, never the whole store.
 The model is loaded from the spec, weights and normalisation in ``summary.json``
-(:func:`dissect.models.load_model`; its fingerprint must match the recorded one), the
-layer is captured with :class:`dissect.hooks.LayerCapture`, each unit's map is upsampled
-to the image size with the engine's bilinear rule (:func:`dissect.tally.
+(:func:`broden.dissect.models.load_model`; its fingerprint must match the recorded one), the
+layer is captured with :class:`broden.dissect.hooks.LayerCapture`, each unit's map is upsampled
+to the image size with the engine's bilinear rule (:func:`broden.dissect.tally.
 upsample_reference`, ``align_corners=False``) and compared with the unit's threshold
 (``thresholds.npy``) exactly as the tally compares (strictly above). For results of
 precomputed activations, the rows of the recorded activation file are read instead, if
@@ -53,8 +53,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import numpy as np
-
-from dissect.errors import DissectError
+from broden.dissect.errors import DissectError
 
 if TYPE_CHECKING:
     import torch
@@ -207,11 +206,12 @@ def category_colors(categories: Sequence[str]) -> dict[str, str]:
 
 
 def has_random_weights(spec: str | None, weights: str | None) -> bool:
-    """True when a model spec is known to give random weights: ``dissect.zoo:*`` or
-    ``torchvision:NAME`` without ``--weights`` (a ``module:factory`` may load its own)."""
+    """True when a model spec is known to give random weights: the built-in zoo
+    (``dissect.zoo:*``) or ``torchvision:NAME`` without ``--weights`` (a
+    ``module:factory`` may load its own)."""
     if not spec or weights:
         return False
-    if spec.startswith("dissect.zoo:"):
+    if spec.startswith(("dissect.zoo:", "broden.dissect.zoo:")):
         return True
     parts = spec.split(":")
     return parts[0] == "torchvision" and len(parts) == 2
@@ -281,14 +281,13 @@ def unit_masks(maps: torch.Tensor, thresholds: Any, size: int) -> torch.Tensor:
     """Masks (n, k, size, size) of n units' maps (n, k, h, w) with ``thresholds`` (n,):
     bilinear upsampling with half-pixel centres and clamped edges
     (``F.interpolate(mode="bilinear", align_corners=False)``, the rule of the tally, whose
-    :func:`dissect.tally.upsample_reference` gives the same values to rounding), in the
+    :func:`broden.dissect.tally.upsample_reference` gives the same values to rounding), in the
     maps' dtype, compared strictly with each unit's threshold as the tally compares. A map
     whose maximum is at or below its threshold has an empty mask (bilinear values never
     exceed the largest source value), so only the others are upsampled."""
     import torch
     import torch.nn.functional as F
-
-    from dissect.tally import threshold_for_dtype
+    from broden.dissect.tally import threshold_for_dtype
 
     n, k, h, w = maps.shape
     t = threshold_for_dtype(np.asarray(thresholds, np.float64), maps.dtype).to(maps.device)
@@ -511,10 +510,9 @@ def _model_maps(
     """Run the shown images of ``jobs`` (one model, one store) through the model and keep
     each shown (unit, image) map."""
     import torch
-
-    from dissect.data import resolve_device
-    from dissect.hooks import LayerCapture, to_unit_maps
-    from dissect.models import Normalization, autocast, load_model, preprocess
+    from broden.dissect.data import resolve_device
+    from broden.dissect.hooks import LayerCapture, to_unit_maps
+    from broden.dissect.models import Normalization, autocast, load_model, preprocess
 
     first = jobs[0]
     src = first.layer.summary["model"]
@@ -597,9 +595,8 @@ def _activation_maps(job: _Job, transforms: Mapping[str, UnitTransform]) -> None
     """Maps of the shown images from the activation file recorded in summary.json, if it
     is still there and unchanged."""
     import torch
-
-    from dissect.hooks import to_unit_maps
-    from dissect.pipeline import activation_fingerprint, open_activations
+    from broden.dissect.hooks import to_unit_maps
+    from broden.dissect.pipeline import activation_fingerprint, open_activations
 
     src = job.layer.summary["model"]
     path = src.get("activations")

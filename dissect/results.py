@@ -35,9 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from dissect.concepts import ConceptSelection
-from dissect.scoring import Scores, detector_summary, iou_matrix, score
+from broden.dissect.concepts import ConceptSelection
+from broden.dissect.scoring import Scores, detector_summary, iou_matrix, score
 
 RESULTS_VERSION = 1
 SUMMARY = "summary.json"

@@ -2,7 +2,7 @@
 
 ``IoU[u, c] = I[u, c] / (A[u, primary(c)] + area[c] - I[u, c])`` (0 where the
 denominator is 0), with the unit area A of the chosen mode (``original``, ``lite``,
-``plain``; see :mod:`dissect.tally`). Each unit's best concept per category is the
+``plain``; see :mod:`broden.dissect.tally`). Each unit's best concept per category is the
 argmax over the concepts whose primary category it is (ties: lowest id); its label is
 the best of those over the categories (ties: earlier category in hierarchy order). A
 unit with IoU 0 everywhere in a category has no label there (empty name).

@@ -40,8 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from dissect.concepts import ConceptSelection
+from broden.dissect.concepts import ConceptSelection
 
 MODES: tuple[str, ...] = ("original", "lite", "plain")
 #: cells evaluated per step (cells × R × R values), to bound memory

@@ -30,8 +30,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-
-from dissect.errors import DissectError
+from broden.dissect.errors import DissectError
 
 QuantileMethod = Literal["exact", "ndl"]
 METHODS: tuple[str, ...] = ("exact", "ndl")

@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-from dissect import dissect, score_activations
-from dissect.distributed import shutdown
+from broden.dissect import dissect, score_activations
+from broden.dissect.distributed import shutdown
 
 
 def main() -> None:

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from dissect.synthetic import write_store
+from broden.dissect.synthetic import write_store
 
 
 @dataclass

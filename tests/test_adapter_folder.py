@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from broden.adapters import SampleError, SourceError
+from broden.adapters.base import Adapter, SourceSample
+from broden.adapters.folder import Folder
 from PIL import Image
-
-from adapters import SampleError, SourceError
-from adapters.base import Adapter, SourceSample
-from adapters.folder import Folder
 
 H, W = 24, 32
 
@@ -377,8 +376,8 @@ def load_by_id(folder: Adapter, source_id: str) -> SourceSample:
 
 
 def test_mask_styles_read_as_binary(tmp_path: Path) -> None:
-    from adapters.decode import read_png
-    from adapters.folder import decode_mask_png
+    from broden.adapters.decode import read_png
+    from broden.adapters.folder import decode_mask_png
 
     mask = box_mask(slice(3, 9), slice(4, 20))
     for style in STYLES:

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from broden.adapters import SampleError, SourceError
+from broden.adapters.opensurfaces import OpenSurfaces, split_names
 from PIL import Image
-
-from adapters import SampleError, SourceError
-from adapters.opensurfaces import OpenSurfaces, split_names
 
 DATA = Path(__file__).parent / "data" / "opensurfaces"
 

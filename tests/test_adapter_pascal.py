@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-
-from adapters import SampleError, SourceError
-from adapters.pascal import (
+from broden.adapters import SampleError, SourceError
+from broden.adapters.pascal import (
     POSITIONAL_WORDS,
     Pascal,
     bundled_part_table,

@@ -14,7 +14,7 @@ SCRIPTS = {
     "build": "| workers=2 ",
     "store": "| store, shard-aligned blocks ",
     "codecs": "| zstd level 1 (the store's images) ",
-    "dissect": "| `dissect.tally.Tally` ",
+    "dissect": "| `broden.dissect.tally.Tally` ",
 }
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from broden.adapters import SourceError
 from PIL import Image
 
-from adapters import SourceError
 from broden.build import BuildError, build, split_of, staging_path
 from broden.config import ConfigError, load_config, parse_config
 from broden.store import StoreError, open_store, validate_store
@@ -79,7 +79,7 @@ def test_a_build_killed_midway_resumes_to_the_same_store(tmp_path: Path) -> None
     build(load_config(config), reference, progress=False)
 
     out = tmp_path / "killed.zarr"
-    cmd = [sys.executable, "-m", "broden.cli", "build", str(config), "--out", str(out),
+    cmd = [sys.executable, "-m", "broden", "build", str(config), "--out", str(out),
            "--workers", "2", "--quiet"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     tasks = staging_path(out) / "tasks"

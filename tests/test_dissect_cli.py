@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from broden.dissect.synthetic import write_store
 from typer.testing import CliRunner
 
 from broden.cli import app
-from dissect.synthetic import write_store
 from tests.dissect_helpers import TinyStore, random_labels_store
 
 runner = CliRunner()
@@ -201,7 +201,7 @@ def test_missing_torchvision_gets_a_way_out(tiny, tmp_path):
 
 def test_importing_dissect_does_not_import_torch():
     code = (
-        "import sys, dissect, dissect.cli; "
+        "import sys, broden.dissect, broden.dissect.cli; "
         "assert 'torch' not in sys.modules, 'torch imported'; "
         "from broden.cli import app; "
         "assert 'torch' not in sys.modules, 'torch imported by the CLI'"
@@ -227,8 +227,7 @@ def test_damaged_shard_is_one_message_even_from_a_worker(tiny, tmp_path, workers
 
 def test_out_of_memory_suggests_a_smaller_batch(tiny, tmp_path, monkeypatch):
     import torch
-
-    from dissect import tally
+    from broden.dissect import tally
 
     def boom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from broden.dissect import dissect, score_activations
 
-from dissect import dissect, score_activations
 from tests.dissect_helpers import TinyStore, random_labels_store
 
 pytestmark = [
@@ -39,9 +39,9 @@ def test_cuda_counts_equal_cpu_counts(tiny, tmp_path, dtype, method):
 def test_cuda_dissection_matches_cpu_scoring_of_its_activations(tiny, tmp_path):
     """The model runs on CUDA (workers, pinned memory, non_blocking copies); scoring the
     same CUDA activations on the CPU gives the same counts."""
-    from dissect.hooks import LayerCapture
-    from dissect.models import parse_normalize, preprocess
-    from dissect.zoo import resnet18
+    from broden.dissect.hooks import LayerCapture
+    from broden.dissect.models import parse_normalize, preprocess
+    from broden.dissect.zoo import resnet18
 
     torch.backends.cudnn.deterministic = True
     model = resnet18().cuda().eval()
@@ -78,9 +78,9 @@ def test_cuda_dissection_matches_cpu_scoring_of_its_activations(tiny, tmp_path):
 def test_cuda_amp_is_float16_and_off_by_default(tiny, tmp_path):
     """Without --amp a CUDA dissection counts the float32 activations exactly as the CPU
     scores them; with --amp the forward pass runs in float16 (other thresholds, close)."""
-    from dissect.hooks import LayerCapture
-    from dissect.models import parse_normalize, preprocess
-    from dissect.zoo import resnet18
+    from broden.dissect.hooks import LayerCapture
+    from broden.dissect.models import parse_normalize, preprocess
+    from broden.dissect.zoo import resnet18
 
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.allow_tf32 = False

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from broden.dissect import DissectError, dissect, score_activations
+from broden.dissect.distributed import split_shards
+from broden.dissect.synthetic import write_store
 
-from dissect import DissectError, dissect, score_activations
-from dissect.distributed import split_shards
-from dissect.synthetic import write_store
 from tests.dissect_helpers import random_labels_store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,7 +85,7 @@ def test_two_ranks_from_the_command_line_write_what_one_process_writes(stores, t
     args = ["--model", MODEL, "--layer", "layer1", "--layer", "layer2", "--quantile", "0.05"]
     args += ["--batch-size", "3", "--workers", "0", "--top-k", "3", "-q"]
     broden = Path(sys.executable).with_name("broden")
-    launcher = [broden] if broden.is_file() else ["-m", "dissect"]
+    launcher = [broden] if broden.is_file() else ["-m", "broden"]
     out = tmp_path / "dist"
     r = torchrun(*launcher, "dissect", stores["uneven"], "--out", out, *args, "--distributed")
     assert r.stdout.count("layer1: ") == 1 and r.stdout.count("report: ") == 1  # rank 0 only
@@ -177,7 +177,7 @@ def one_rank_env(monkeypatch):
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("MASTER_PORT", str(port))
     yield
-    from dissect.distributed import shutdown
+    from broden.dissect.distributed import shutdown
 
     shutdown()
 
@@ -210,10 +210,17 @@ def test_without_torchrun_the_message_says_how_to_launch(stores, tmp_path, monke
     assert "launch with torchrun, e.g. `torchrun --nproc-per-node 2 $(which broden)" in r.output
 
 
-def test_python_m_dissect_has_the_dissection_commands():
+def test_python_m_broden_has_the_dissection_commands():
+    import subprocess
+
+    r = subprocess.run(
+        [sys.executable, "-m", "broden", "dissect", "--help"], capture_output=True, text=True
+    )
+    assert r.returncode == 0 and "--distributed" in r.stdout and "--sources" in r.stdout
+
     from typer.testing import CliRunner
 
-    from dissect.__main__ import app
+    from broden.cli import app
 
     r = CliRunner().invoke(app, ["dissect", "--help"])
     assert r.exit_code == 0 and "--distributed" in r.output and "--sources" in r.output

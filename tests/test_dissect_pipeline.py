@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from broden.dissect import DissectError, dissect, score_activations
+from broden.dissect.hooks import LayerCapture
+from broden.dissect.models import load_model, parse_normalize, preprocess
+from broden.dissect.zoo import resnet18
 
 from broden.store import open_store
-from dissect import DissectError, dissect, score_activations
-from dissect.hooks import LayerCapture
-from dissect.models import load_model, parse_normalize, preprocess
-from dissect.zoo import resnet18
 
 LAYERS = ["layer3", "layer4"]
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"

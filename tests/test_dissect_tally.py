@@ -1,5 +1,5 @@
 """The tally and scoring against known answers and against the slow reference
-implementation (tests/dissect_helpers.py), through ``dissect.score_activations``."""
+implementation (tests/dissect_helpers.py), through ``broden.dissect.score_activations``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from broden.dissect import score_activations
+from broden.dissect.synthetic import write_store
+from broden.dissect.tally import upsample_reference
 
-from dissect import score_activations
-from dissect.synthetic import write_store
-from dissect.tally import upsample_reference
 from tests.dissect_helpers import TinyStore, random_labels_store, ref_upsample, reference
 
 MODES = ("original", "lite", "plain")

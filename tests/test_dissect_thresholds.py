@@ -6,16 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from dissect.errors import DissectError
-from dissect.scoring import iou_matrix
-from dissect.thresholds import (
+from broden.dissect.errors import DissectError
+from broden.dissect.scoring import iou_matrix
+from broden.dissect.thresholds import (
     StreamingTopK,
     ndl_level,
     threshold_from_top,
     validate_quantile,
     values_needed,
 )
+
 from tests.dissect_helpers import ref_threshold
 
 

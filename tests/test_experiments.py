@@ -14,11 +14,8 @@ import numpy as np
 import pytest
 import torch
 import typer
-from PIL import Image
-from typer.testing import CliRunner
-
-from dissect import DissectError, dissect, score_activations
-from dissect.experiments import (
+from broden.dissect import DissectError, dissect, score_activations
+from broden.dissect.experiments import (
     ROTATED_DIR,
     ChannelRotation,
     ExperimentWarning,
@@ -32,7 +29,10 @@ from dissect.experiments import (
     run_rotations,
     segment,
 )
-from dissect.experiments_cli import register
+from broden.dissect.experiments_cli import register
+from PIL import Image
+from typer.testing import CliRunner
+
 from tests.experiment_helpers import block_store, planted_activations
 
 MODEL = "tests.experiment_helpers:painted_net"

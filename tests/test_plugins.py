@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from broden.adapters import SourceError, available_adapters, get_adapter_class
+from broden.adapters.dtd import DTD
 
-import adapters
-from adapters import SourceError, available_adapters, get_adapter_class
-from adapters.dtd import DTD
+from broden import adapters
 from broden.config import load_config
 from broden.imaging import label_grid, resize_image, sample_labels
 from broden.store import open_store
@@ -72,7 +72,7 @@ def on_path(site: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def broden(*args: str | Path, site: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run the installed ``broden`` command with ``site`` on PYTHONPATH."""
     script = Path(sys.executable).with_name("broden")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "broden.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "broden"]
     env = {**os.environ, "PYTHONPATH": str(site)}
     return subprocess.run(
         [*command, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
@@ -106,7 +106,7 @@ def test_entry_point_is_found_once_its_distribution_is_on_the_path(
         assert cls.__name__ == "Shapes" and issubclass(cls, adapters.Adapter)
         assert Path(sys.modules[MODULE].__file__ or "").parent == site
         assert cls.kinds == {"object": "pixel"}
-        assert available_adapters()["dtd"] == "adapters.dtd:DTD"  # built-ins still there
+        assert available_adapters()["dtd"] == "broden.adapters.dtd:DTD"  # built-ins still there
     sys.modules.pop(MODULE, None)
     assert "shapes" not in available_adapters()  # and gone with the path entry
 
@@ -178,7 +178,7 @@ def test_cli_lists_the_plugin_and_survives_a_broken_one(site: Path, tmp_path: Pa
     assert result.returncode == 0, result.stderr
     rows = listing(result.stdout)
     assert rows["shapes"].split() == ["object", "(pixel)", "broden_shapes:Shapes"]
-    assert rows["dtd"].split() == ["texture", "(image)", "adapters.dtd:DTD"]
+    assert rows["dtd"].split() == ["texture", "(image)", "broden.adapters.dtd:DTD"]
     assert set(adapters.BUILTIN) < set(rows)
     assert rows["broken"].split() == ["(cannot", "be", "loaded)", "broden_no_such_module:Broken"]
     assert result.stderr == (

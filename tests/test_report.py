@@ -1,4 +1,4 @@
-"""The HTML report (`broden report`, :func:`dissect.report.write_report`): one offline page
+"""The HTML report (`broden report`, :func:`broden.dissect.report.write_report`): one offline page
 that references only local files, escapes every name, shows per unit the images with the
 largest per-image maxima (checked against activations computed here, independently) with
 the unit's mask drawn from the re-run model or the recorded activation file, and fails
@@ -18,13 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torch import nn
-from typer.testing import CliRunner
-
-from broden.cli import app
-from dissect.errors import DissectError
-from dissect.report import (
+from broden.dissect.errors import DissectError
+from broden.dissect.report import (
     BAR_ORDER,
     DIM,
     UNIT_OUTLINE,
@@ -38,7 +33,12 @@ from dissect.report import (
     unit_masks,
     write_report,
 )
-from dissect.synthetic import write_store
+from broden.dissect.synthetic import write_store
+from PIL import Image
+from torch import nn
+from typer.testing import CliRunner
+
+from broden.cli import app
 from tests.dissect_helpers import ref_upsample
 
 EVIL = "<script>alert(1)</script>"
@@ -100,7 +100,7 @@ def tiny_store(path: Path, seed: int = 0) -> tuple[Path, np.ndarray]:
 
 def tiny_run(tmp_path: Path) -> TinyRun:
     """The tiny store dissected at layers conv and pool of :class:`Tiny` (no report)."""
-    from dissect.pipeline import dissect
+    from broden.dissect.pipeline import dissect
 
     store, images = tiny_store(tmp_path / "tiny.zarr")
     out = tmp_path / "out"
@@ -370,7 +370,7 @@ def test_headline_and_category_counts(run: TinyRun) -> None:
 
 
 def test_precomputed_activations_draw_masks_until_the_file_is_gone(tmp_path: Path) -> None:
-    from dissect.pipeline import score_activations
+    from broden.dissect.pipeline import score_activations
 
     store, _ = tiny_store(tmp_path / "tiny.zarr")
     acts = np.random.default_rng(3).normal(size=(N, 3, 4, 4)).astype(np.float32)
@@ -390,7 +390,7 @@ def test_precomputed_activations_draw_masks_until_the_file_is_gone(tmp_path: Pat
 
 
 def test_a_transformed_layer_needs_its_transform(tmp_path: Path) -> None:
-    from dissect.pipeline import dissect
+    from broden.dissect.pipeline import dissect
 
     store, _ = tiny_store(tmp_path / "tiny.zarr")
     out = tmp_path / "out"

@@ -212,7 +212,7 @@ def test_sample_store_images_and_labels_match_the_sources(sample_store_path: Pat
 
 
 def test_sample_store_colors_are_computed_at_source_resolution(sample_store_path: Path) -> None:
-    from adapters.colors import COLOR_NAMES, color_table
+    from broden.adapters.colors import COLOR_NAMES, color_table
 
     store = open_store(sample_store_path)
     s = store.sample(3)

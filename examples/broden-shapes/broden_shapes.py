@@ -16,9 +16,8 @@ are needed::
 from __future__ import annotations
 
 import numpy as np
+from broden.adapters import Adapter, AdapterOptions, SourceSample
 from pydantic import Field
-
-from adapters import Adapter, AdapterOptions, SourceSample
 
 CIRCLE, SQUARE = 1, 2
 
