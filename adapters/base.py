@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+from broden.adapters.errors import SampleError, SourceError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 #: The Broden hierarchy, lowest level first. Categories outside it (a user's own)
@@ -29,14 +30,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 CATEGORY_ORDER: tuple[str, ...] = ("color", "texture", "material", "part", "object", "scene")
 
 Kind = Literal["pixel", "image"]
-
-
-class SourceError(Exception):
-    """A source directory or configuration that cannot be used (raised before any work)."""
-
-
-class SampleError(Exception):
-    """One sample that cannot be read correctly; the build skips it and lists the reason."""
 
 
 def category_sort_key(name: str) -> tuple[int, str]:

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
-from broden.adapters.base import SourceError
+from broden.adapters.errors import SourceError
 from pydantic import BaseModel, ConfigDict, Field
 
 

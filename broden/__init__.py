@@ -9,12 +9,14 @@ Public API::
     add("broden1_224.zarr", load_config("my_coco.yaml"))   # append sources; ids kept
 """
 
-from broden.build import BuildError, BuildSummary, build
-from broden.config import BuildConfig, ConfigError, load_config, parse_config
+from broden.build import BuildSummary, build
+from broden.config import BuildConfig, load_config, parse_config
+from broden.errors import BrodenError, BuildError, ConfigError, StoreError
 from broden.extend import add
-from broden.store import BrodenStore, StoreError, open_store, validate_store
+from broden.store import BrodenStore, open_store, validate_store
 
 __all__ = [
+    "BrodenError",
     "BrodenStore",
     "BuildConfig",
     "BuildError",

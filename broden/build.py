@@ -52,8 +52,9 @@ from broden.adapters import (
 )
 from broden.adapters.colors import color_counts, color_labels, color_vocabulary
 from broden.config import BuildConfig, make_adapters
+from broden.errors import BuildError
 from broden.imaging import label_grid, resize_image, sample_labels
-from broden.runners import Runner, RunnerError, make_runner
+from broden.runners import Runner, make_runner
 from broden.schema import (
     FORMAT_VERSION,
     BuildReport,
@@ -75,10 +76,6 @@ COVERAGE_UNIT = 2**40
 def coverage_units(pixels: int, area: int) -> int:
     """A fraction ``pixels / area`` of an image in integer coverage units (rounded down)."""
     return (int(pixels) * COVERAGE_UNIT) // int(area)
-
-
-class BuildError(Exception):
-    """A build that cannot go on (bad sources, strict-mode skip, dead worker, ...)."""
 
 
 def package_version() -> str:
@@ -579,18 +576,14 @@ def prepare_all(
 def running(
     plan: Plan, staging: Path, out: Path, workers: int, dask: str | None
 ) -> Iterator[Runner]:
-    """The runner of ``--workers``/``--dask``, every worker set up for ``plan``; a dead
-    worker or an unusable cluster becomes a :class:`BuildError`; closed at the end."""
-    try:
-        runner = make_runner(
-            workers, dask, _init_worker, (plan, str(staging), str(out)), plan.fingerprint
-        )
-    except RunnerError as e:
-        raise BuildError(str(e)) from None
+    """The runner of ``--workers``/``--dask``, every worker set up for ``plan`` (a dead
+    worker or an unusable cluster is a :class:`~broden.errors.RunnerError`, a
+    ``BuildError``); closed at the end."""
+    runner = make_runner(
+        workers, dask, _init_worker, (plan, str(staging), str(out)), plan.fingerprint
+    )
     try:
         yield runner
-    except RunnerError as e:
-        raise BuildError(str(e)) from None
     finally:
         runner.close()
         _STATE.clear()

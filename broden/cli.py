@@ -15,6 +15,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from broden.errors import BrodenError
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -30,21 +32,9 @@ def user_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from broden.adapters import SourceError
-        from broden.build import BuildError
-        from broden.config import ConfigError
-        from broden.store import StoreError
-
-        errors: tuple[type[BaseException], ...] = (SourceError, BuildError, ConfigError, StoreError)
-        try:
-            from broden.dissect.errors import DissectError
-
-            errors += (DissectError,)
-        except ImportError:
-            pass
         try:
             return fn(*args, **kwargs)
-        except errors as e:
+        except BrodenError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:

@@ -36,10 +36,11 @@ from typing import Any
 
 import yaml
 
+from broden.errors import ConfigError
 from broden.schema import Concept
 
 
-class ConceptSetError(ValueError):
+class ConceptSetError(ConfigError):
     """A spec or concept-set file that does not resolve against the store."""
 
 

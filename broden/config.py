@@ -31,10 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from broden.adapters import Adapter, SourceError, get_adapter_class
-
-
-class ConfigError(Exception):
-    """A config file that cannot be read or does not validate."""
+from broden.errors import ConfigError
 
 
 class SourceConfig(BaseModel):

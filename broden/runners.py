@@ -22,6 +22,8 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from typing import Any, Protocol
 
+from broden.errors import RunnerError
+
 WORKER_DIED = (
     "a build worker process died (killed, or out of memory); run the same command again to "
     "resume from the finished tasks"
@@ -32,10 +34,6 @@ KILL_WORKER_ONCE_ENV = "BRODEN_TEST_KILL_WORKER_ONCE"
 
 Context = tuple[Any, ...]  # the arguments of the worker initializer
 Initializer = Callable[..., None]
-
-
-class RunnerError(Exception):
-    """A worker died or the cluster could not be used."""
 
 
 class Runner(Protocol):

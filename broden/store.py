@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from zarr.codecs import ZstdCodec
 
 from broden.adapters import category_sort_key
+from broden.errors import StoreError
 from broden.schema import FORMAT_VERSION, CategorySpec, Concept, StoreAttrs
 from broden.shards import ShardedRowReader
 
@@ -52,10 +53,6 @@ IMAGE_CODEC = ZstdCodec(level=1)
 LABEL_CODEC = ZstdCodec(level=3)
 
 META_ARRAYS = ("meta/source", "meta/source_id", "meta/split", "meta/orig_size")
-
-
-class StoreError(Exception):
-    """A path that is not a usable Broden store."""
 
 
 @dataclass
