@@ -1,7 +1,7 @@
-"""``broden dissect`` and ``broden report``: thin typer wrappers over
-:func:`broden.dissect.dissect`, :func:`broden.dissect.score_activations` and
-:func:`broden.dissect.report.write_report`. Importing this module imports only typer; torch is
-imported when a command runs."""
+"""``broden dissect`` and ``broden report`` (the ``dissect`` command group): thin typer
+wrappers over :func:`broden.dissect.dissect`, :func:`broden.dissect.score_activations`
+and :func:`broden.dissect.report.write_report`. Importing this module imports only typer;
+torch is imported when a command runs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from broden.dissect.experiments_cli import ALPHA_HELP, ROTATE_HELP
+
+from broden.cli.common import user_errors
+
+PANEL = "Dissection"
+
+ROTATE_HELP = (
+    "rotation experiment: also dissect the layers with their channels rotated by a "
+    "Haar-random rotation drawn from this seed (results in OUT/rotated/seed<S>-alpha<A>/, "
+    "table and plot in OUT/<layer>/rotation.csv, .png, .svg)"
+)
+ALPHA_HELP = (
+    "with --rotate: rotation power along the geodesic from the identity (0) to the full "
+    "rotation (1); repeat for several (default 1.0)"
+)
 
 
 def _concept_args(values: list[str] | None) -> list[str] | None:
@@ -23,275 +36,271 @@ DISTRIBUTED_HELP = (
 )
 
 
-def register(app: typer.Typer) -> None:
-    """Add the ``dissect`` and ``report`` commands, and the experiments' ``compare`` and
-    ``segment`` (:mod:`broden.dissect.experiments_cli`), to ``app``."""
-    from broden.dissect.experiments_cli import register as register_experiments
 
-    from broden.cli import user_errors
+@user_errors
+def dissect_command(
+    store: Annotated[Path, typer.Argument(help="the Broden store (a .zarr folder)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="results folder (OUT/<layer>/)")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="torchvision:NAME, package.module:factory (e.g. "
+            "dissect.zoo:resnet18), a TorchScript file or a torch.export .pt2 file"
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="state dict to load (torch.load weights_only=True)")
+    ] = None,
+    layer: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--layer",
+            "-l",
+            help="layer (dotted module name); repeat for several; "
+            "with --activations, the layer's name (default: the file's stem)",
+        ),
+    ] = None,
+    activations: Annotated[
+        Path | None,
+        typer.Option(help="precomputed activations N×U×h×w (.npy or Zarr) instead of a model"),
+    ] = None,
+    concepts: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="only these categories / concepts (comma-separated, repeatable, "
+            "or a file with one name per line)"
+        ),
+    ] = None,
+    sources: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sources",
+            help="only the images of these sources (meta/source; comma-separated, "
+            "repeatable; default: every image)",
+        ),
+    ] = None,
+    quantile: Annotated[
+        float, typer.Option(help="top quantile of activations per unit")
+    ] = 0.005,
+    quantile_method: Annotated[
+        str, typer.Option(help="exact (numpy.quantile, linear) or ndl (NetDissect-Lite)")
+    ] = "exact",
+    thresholds: Annotated[
+        Path | None,
+        typer.Option(
+            help="per-unit thresholds: a .npy file, or a folder with <layer>.npy or "
+            "<layer>/thresholds.npy (a previous run's output)"
+        ),
+    ] = None,
+    unit_area: Annotated[
+        str, typer.Option(help="IoU denominator's unit area: original, lite or plain")
+    ] = "original",
+    iou_threshold: Annotated[float, typer.Option(help="a detector has IoU above this")] = 0.04,
+    batch_size: Annotated[int, typer.Option(help="images per batch")] = 32,
+    workers: Annotated[int, typer.Option(help="data loader worker processes")] = 2,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
+    normalize: Annotated[
+        str, typer.Option(help="imagenet, none, or MEAN,MEAN,MEAN/STD,STD,STD in [0, 1] units")
+    ] = "imagenet",
+    input_size: Annotated[
+        int | None, typer.Option(help="resize images to this size for the model")
+    ] = None,
+    cache_activations: Annotated[
+        str,
+        typer.Option(
+            help="auto: one forward pass when the activations fit "
+            "--memory-budget, else two; yes; no"
+        ),
+    ] = "auto",
+    memory_budget: Annotated[
+        str, typer.Option(help="memory for cached activations, e.g. 2GiB")
+    ] = "2GiB",
+    layout: Annotated[str, typer.Option(help="4-D output layout: auto, nchw or nhwc")] = "auto",
+    prefix_tokens: Annotated[
+        int | None,
+        typer.Option(
+            help="class/register tokens before the patch grid (default: T - floor(sqrt(T))^2)"
+        ),
+    ] = None,
+    legacy_csv: Annotated[
+        bool, typer.Option(help="also write NetDissect-Lite's tally.csv")
+    ] = False,
+    top_k: Annotated[int, typer.Option(help="top images per unit for the report")] = 10,
+    report: Annotated[
+        bool, typer.Option(help="write OUT/report.html (an offline HTML report) at the end")
+    ] = True,
+    force: Annotated[
+        bool, typer.Option(help="recompute even when OUT holds results with the same key")
+    ] = False,
+    rotate: Annotated[int | None, typer.Option(metavar="SEED", help=ROTATE_HELP)] = None,
+    alpha: Annotated[list[float] | None, typer.Option("--alpha", help=ALPHA_HELP)] = None,
+    amp: Annotated[
+        bool,
+        typer.Option(
+            help="mixed precision for the model's forward pass (float16 on CUDA, "
+            "bfloat16 on the CPU); off: exact float32"
+        ),
+    ] = False,
+    distributed: Annotated[bool, typer.Option(help=DISTRIBUTED_HELP)] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Dissect layers of a model (or precomputed activations) against STORE."""
+    from broden.dissect.errors import DissectError
 
-    register_experiments(app)
+    if alpha and rotate is None:
+        raise DissectError("--alpha needs --rotate SEED")
+    if amp and activations is not None:
+        raise DissectError("--amp applies to a model's forward pass, not to --activations")
+    rotations: list[Any] = []
 
-    @app.command("dissect")
-    @user_errors
-    def dissect_command(
-        store: Annotated[Path, typer.Argument(help="the Broden store (a .zarr folder)")],
-        out: Annotated[Path, typer.Option("--out", "-o", help="results folder (OUT/<layer>/)")],
-        model: Annotated[
-            str | None,
-            typer.Option(
-                help="torchvision:NAME, package.module:factory (e.g. "
-                "dissect.zoo:resnet18), a TorchScript file or a torch.export .pt2 file"
-            ),
-        ] = None,
-        weights: Annotated[
-            Path | None, typer.Option(help="state dict to load (torch.load weights_only=True)")
-        ] = None,
-        layer: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--layer",
-                "-l",
-                help="layer (dotted module name); repeat for several; "
-                "with --activations, the layer's name (default: the file's stem)",
-            ),
-        ] = None,
-        activations: Annotated[
-            Path | None,
-            typer.Option(help="precomputed activations N×U×h×w (.npy or Zarr) instead of a model"),
-        ] = None,
-        concepts: Annotated[
-            list[str] | None,
-            typer.Option(
-                help="only these categories / concepts (comma-separated, repeatable, "
-                "or a file with one name per line)"
-            ),
-        ] = None,
-        sources: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--sources",
-                help="only the images of these sources (meta/source; comma-separated, "
-                "repeatable; default: every image)",
-            ),
-        ] = None,
-        quantile: Annotated[
-            float, typer.Option(help="top quantile of activations per unit")
-        ] = 0.005,
-        quantile_method: Annotated[
-            str, typer.Option(help="exact (numpy.quantile, linear) or ndl (NetDissect-Lite)")
-        ] = "exact",
-        thresholds: Annotated[
-            Path | None,
-            typer.Option(
-                help="per-unit thresholds: a .npy file, or a folder with <layer>.npy or "
-                "<layer>/thresholds.npy (a previous run's output)"
-            ),
-        ] = None,
-        unit_area: Annotated[
-            str, typer.Option(help="IoU denominator's unit area: original, lite or plain")
-        ] = "original",
-        iou_threshold: Annotated[float, typer.Option(help="a detector has IoU above this")] = 0.04,
-        batch_size: Annotated[int, typer.Option(help="images per batch")] = 32,
-        workers: Annotated[int, typer.Option(help="data loader worker processes")] = 2,
-        device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
-        normalize: Annotated[
-            str, typer.Option(help="imagenet, none, or MEAN,MEAN,MEAN/STD,STD,STD in [0, 1] units")
-        ] = "imagenet",
-        input_size: Annotated[
-            int | None, typer.Option(help="resize images to this size for the model")
-        ] = None,
-        cache_activations: Annotated[
-            str,
-            typer.Option(
-                help="auto: one forward pass when the activations fit "
-                "--memory-budget, else two; yes; no"
-            ),
-        ] = "auto",
-        memory_budget: Annotated[
-            str, typer.Option(help="memory for cached activations, e.g. 2GiB")
-        ] = "2GiB",
-        layout: Annotated[str, typer.Option(help="4-D output layout: auto, nchw or nhwc")] = "auto",
-        prefix_tokens: Annotated[
-            int | None,
-            typer.Option(
-                help="class/register tokens before the patch grid (default: T - floor(sqrt(T))^2)"
-            ),
-        ] = None,
-        legacy_csv: Annotated[
-            bool, typer.Option(help="also write NetDissect-Lite's tally.csv")
-        ] = False,
-        top_k: Annotated[int, typer.Option(help="top images per unit for the report")] = 10,
-        report: Annotated[
-            bool, typer.Option(help="write OUT/report.html (an offline HTML report) at the end")
-        ] = True,
-        force: Annotated[
-            bool, typer.Option(help="recompute even when OUT holds results with the same key")
-        ] = False,
-        rotate: Annotated[int | None, typer.Option(metavar="SEED", help=ROTATE_HELP)] = None,
-        alpha: Annotated[list[float] | None, typer.Option("--alpha", help=ALPHA_HELP)] = None,
-        amp: Annotated[
-            bool,
-            typer.Option(
-                help="mixed precision for the model's forward pass (float16 on CUDA, "
-                "bfloat16 on the CPU); off: exact float32"
-            ),
-        ] = False,
-        distributed: Annotated[bool, typer.Option(help=DISTRIBUTED_HELP)] = False,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
-    ) -> None:
-        """Dissect layers of a model (or precomputed activations) against STORE."""
-        from broden.dissect.errors import DissectError
+    common: dict[str, Any] = dict(
+        out=out,
+        concepts=_concept_args(concepts),
+        quantile=quantile,
+        quantile_method=quantile_method,
+        unit_area=unit_area,
+        iou_threshold=iou_threshold,
+        batch_size=batch_size,
+        device=device,
+        top_k=top_k,
+        legacy_csv=legacy_csv,
+        layout=layout,
+        prefix_tokens=prefix_tokens,
+        force=force,
+        progress=not quiet,
+        sources=_concept_args(sources),
+        distributed=distributed,
+    )
+    if activations is not None:
+        if model is not None:
+            raise DissectError("give either --model or --activations, not both")
+        if layer and len(layer) > 1:
+            raise DissectError("--activations holds one layer; give at most one --layer")
+        if rotate is not None:
+            from broden.dissect.experiments import run_rotation_activations
 
-        if alpha and rotate is None:
-            raise DissectError("--alpha needs --rotate SEED")
-        if amp and activations is not None:
-            raise DissectError("--amp applies to a model's forward pass, not to --activations")
-        rotations: list[Any] = []
-
-        common: dict[str, Any] = dict(
-            out=out,
-            concepts=_concept_args(concepts),
-            quantile=quantile,
-            quantile_method=quantile_method,
-            unit_area=unit_area,
-            iou_threshold=iou_threshold,
-            batch_size=batch_size,
-            device=device,
-            top_k=top_k,
-            legacy_csv=legacy_csv,
-            layout=layout,
-            prefix_tokens=prefix_tokens,
-            force=force,
-            progress=not quiet,
-            sources=_concept_args(sources),
-            distributed=distributed,
-        )
-        if activations is not None:
-            if model is not None:
-                raise DissectError("give either --model or --activations, not both")
-            if layer and len(layer) > 1:
-                raise DissectError("--activations holds one layer; give at most one --layer")
-            if rotate is not None:
-                from broden.dissect.experiments import run_rotation_activations
-
-                rotations = [
-                    run_rotation_activations(
-                        store,
-                        activations,
-                        rotate,
-                        alpha or [1.0],
-                        layer=layer[0] if layer else None,
-                        thresholds=thresholds,
-                        workers=workers,
-                        **common,
-                    )
-                ]
-                results = [r.unrotated for r in rotations]
-            else:
-                from broden.dissect.pipeline import score_activations
-
-                results = [
-                    score_activations(
-                        store,
-                        activations,
-                        layer=layer[0] if layer else None,
-                        thresholds=thresholds,
-                        workers=workers,
-                        **common,
-                    )
-                ]
+            rotations = [
+                run_rotation_activations(
+                    store,
+                    activations,
+                    rotate,
+                    alpha or [1.0],
+                    layer=layer[0] if layer else None,
+                    thresholds=thresholds,
+                    workers=workers,
+                    **common,
+                )
+            ]
+            results = [r.unrotated for r in rotations]
         else:
-            if model is None:
-                raise DissectError("give --model SPEC (with --layer NAME) or --activations FILE")
-            if not layer:
-                raise DissectError("name the layers to dissect with --layer (repeatable)")
-            model_args: dict[str, Any] = dict(
-                weights=weights,
-                thresholds=thresholds,
-                workers=workers,
-                normalize=normalize,
-                input_size=input_size,
-                cache_activations=cache_activations,
-                memory_budget=memory_budget,
-                amp=amp,
-                **common,
-            )
-            if rotate is not None:
-                from broden.dissect.experiments import run_rotations
+            from broden.dissect.pipeline import score_activations
 
-                alphas = alpha or [1.0]
-                by_layer = run_rotations(store, model, layer, rotate, alphas, **model_args)
-                rotations = list(by_layer.values())
-                results = [r.unrotated for r in rotations]
-            else:
-                from broden.dissect.pipeline import dissect
+            results = [
+                score_activations(
+                    store,
+                    activations,
+                    layer=layer[0] if layer else None,
+                    thresholds=thresholds,
+                    workers=workers,
+                    **common,
+                )
+            ]
+    else:
+        if model is None:
+            raise DissectError("give --model SPEC (with --layer NAME) or --activations FILE")
+        if not layer:
+            raise DissectError("name the layers to dissect with --layer (repeatable)")
+        model_args: dict[str, Any] = dict(
+            weights=weights,
+            thresholds=thresholds,
+            workers=workers,
+            normalize=normalize,
+            input_size=input_size,
+            cache_activations=cache_activations,
+            memory_budget=memory_budget,
+            amp=amp,
+            **common,
+        )
+        if rotate is not None:
+            from broden.dissect.experiments import run_rotations
 
-                results = list(dissect(store, model, layer, **model_args).values())
-        if distributed:
-            from broden.dissect.distributed import is_main, shutdown
+            alphas = alpha or [1.0]
+            by_layer = run_rotations(store, model, layer, rotate, alphas, **model_args)
+            rotations = list(by_layer.values())
+            results = [r.unrotated for r in rotations]
+        else:
+            from broden.dissect.pipeline import dissect
 
-            main = is_main()
-            shutdown()
-            if not main:
-                return  # rank 0 reports
-        from broden.dissect.report import has_random_weights
+            results = list(dissect(store, model, layer, **model_args).values())
+    if distributed:
+        from broden.dissect.distributed import is_main, shutdown
 
-        if has_random_weights(model, None if weights is None else str(weights)):
-            typer.echo(
-                f"note: {model} has random weights here (no --weights): expect few "
-                "detectors; pass --weights FILE (a state dict) to dissect a trained network"
-            )
-        for r in results:
-            for note in r.notes:
-                typer.echo(note)
-            typer.echo(r.headline())
-        for rot in rotations:
-            typer.echo(rot.format())
-        typer.echo(f"results: {out}")
-        if report:
-            from broden.dissect.report import write_report
+        main = is_main()
+        shutdown()
+        if not main:
+            return  # rank 0 reports
+    from broden.dissect.report import has_random_weights
 
-            page = write_report(
-                out,
-                store=store,
-                top_k=top_k,
-                device=device,
-                batch_size=batch_size,
-                progress=not quiet,
-            )
-            typer.echo(f"report: {page}")
-
-    @app.command("report")
-    @user_errors
-    def report_command(
-        out: Annotated[Path, typer.Argument(help="a results folder written by broden dissect")],
-        top_k: Annotated[int, typer.Option(help="top images per unit")] = 10,
-        store: Annotated[
-            Path | None,
-            typer.Option(help="the dissected store (default: the path in each summary.json)"),
-        ] = None,
-        masks: Annotated[
-            bool,
-            typer.Option(help="draw the units' masks (re-runs the model on the top images)"),
-        ] = True,
-        tile_size: Annotated[int, typer.Option(help="pixels per image in the strips")] = 112,
-        device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
-        batch_size: Annotated[int, typer.Option(help="images per batch")] = 32,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
-    ) -> None:
-        """Write OUT/report.html: per layer the detector headline, a bar chart by category
-        and every unit's top images with its mask (offline: images in OUT/report_files/)."""
+    if has_random_weights(model, None if weights is None else str(weights)):
+        typer.echo(
+            f"note: {model} has random weights here (no --weights): expect few "
+            "detectors; pass --weights FILE (a state dict) to dissect a trained network"
+        )
+    for r in results:
+        for note in r.notes:
+            typer.echo(note)
+        typer.echo(r.headline())
+    for rot in rotations:
+        typer.echo(rot.format())
+    typer.echo(f"results: {out}")
+    if report:
         from broden.dissect.report import write_report
 
         page = write_report(
             out,
             store=store,
             top_k=top_k,
-            masks=masks,
-            tile_size=tile_size,
             device=device,
             batch_size=batch_size,
             progress=not quiet,
         )
         typer.echo(f"report: {page}")
+
+@user_errors
+def report_command(
+    out: Annotated[Path, typer.Argument(help="a results folder written by broden dissect")],
+    top_k: Annotated[int, typer.Option(help="top images per unit")] = 10,
+    store: Annotated[
+        Path | None,
+        typer.Option(help="the dissected store (default: the path in each summary.json)"),
+    ] = None,
+    masks: Annotated[
+        bool,
+        typer.Option(help="draw the units' masks (re-runs the model on the top images)"),
+    ] = True,
+    tile_size: Annotated[int, typer.Option(help="pixels per image in the strips")] = 112,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="images per batch")] = 32,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Write OUT/report.html: per layer the detector headline, a bar chart by category
+    and every unit's top images with its mask (offline: images in OUT/report_files/)."""
+    from broden.dissect.report import write_report
+
+    page = write_report(
+        out,
+        store=store,
+        top_k=top_k,
+        masks=masks,
+        tile_size=tile_size,
+        device=device,
+        batch_size=batch_size,
+        progress=not quiet,
+    )
+    typer.echo(f"report: {page}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``dissect`` and ``report`` commands to ``app``."""
+    app.command("dissect", rich_help_panel=PANEL)(dissect_command)
+    app.command("report", rich_help_panel=PANEL)(report_command)

@@ -928,14 +928,6 @@ def run_rotation(
     return run_rotations(store, model, [layer], seed, alphas, out=out, **dissect_kwargs)[layer]
 
 
-def rotate_options_help() -> dict[str, str]:
-    """Help texts of ``broden dissect``'s ``--rotate SEED`` and ``--alpha A`` options (also
-    importable from :mod:`broden.dissect.experiments_cli`, which imports only typer)."""
-    from broden.dissect.experiments_cli import rotate_options_help as texts
-
-    return texts()
-
-
 # -- segmentation -----------------------------------------------------------------------------
 
 

@@ -1,9 +1,8 @@
-"""``broden compare`` and ``broden segment``: thin typer wrappers over
-:func:`broden.dissect.experiments.compare` and :func:`broden.dissect.experiments.segment`.
-Importing this module imports only typer; torch and matplotlib are imported when a
-command runs. ``register(app)`` adds both commands to a typer app; ``ROTATE_HELP``,
-``ALPHA_HELP`` (:func:`rotate_options_help`) are the help texts of ``broden dissect``'s
-``--rotate`` / ``--alpha`` options, which call :func:`broden.dissect.experiments.run_rotations`."""
+"""``broden compare`` and ``broden segment`` (the ``experiments`` command group): thin
+typer wrappers over :func:`broden.dissect.experiments.compare` and
+:func:`broden.dissect.experiments.segment`. Importing this module imports only typer;
+torch and matplotlib are imported when a command runs. (The rotation experiment is
+``broden dissect --rotate``.)"""
 
 from __future__ import annotations
 
@@ -13,93 +12,82 @@ from typing import Annotated
 
 import typer
 
-ROTATE_HELP = (
-    "rotation experiment: also dissect the layers with their channels rotated by a "
-    "Haar-random rotation drawn from this seed (results in OUT/rotated/seed<S>-alpha<A>/, "
-    "table and plot in OUT/<layer>/rotation.csv, .png, .svg)"
-)
-ALPHA_HELP = (
-    "with --rotate: rotation power along the geodesic from the identity (0) to the full "
-    "rotation (1); repeat for several (default 1.0)"
-)
+from broden.cli.common import user_errors
+
+PANEL = "Experiments"
 
 
-def rotate_options_help() -> dict[str, str]:
-    """Help texts of ``broden dissect``'s ``--rotate SEED`` and ``--alpha A`` options."""
-    return {"rotate": ROTATE_HELP, "alpha": ALPHA_HELP}
+@user_errors
+def compare_command(
+    results: Annotated[
+        list[str],
+        typer.Argument(
+            help="dissect output folders (every layer) or layer folders; NAME=DIR names "
+            "a series (default label: model/layer from summary.json)",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="folder for comparison.csv/.png/.svg")
+    ],
+    iou_threshold: Annotated[
+        float | None,
+        typer.Option(help="re-score every layer at this IoU threshold (default: each run's)"),
+    ] = None,
+) -> None:
+    """Compare layers and models: unique detectors and the share of units per category."""
+    from broden.dissect.experiments import ExperimentWarning, compare
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentWarning)  # printed below instead
+        res = compare(results, out, iou_threshold=iou_threshold)
+    for w in res.warnings:
+        typer.echo(f"warning: {w}", err=True)
+    typer.echo(res.format())
+    typer.echo(f"comparison: {res.csv}, {', '.join(str(p) for p in res.figures)}")
+
+@user_errors
+def segment_command(
+    image: Annotated[
+        str,
+        typer.Argument(
+            help="an image file (any size), or a store image index with --store",
+            show_default=False,
+        ),
+    ],
+    results: Annotated[
+        Path, typer.Option("--results", "-r", help="a dissected layer folder: OUT/LAYER")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="overlay PNG to write")],
+    top: Annotated[
+        int | None, typer.Option(help="only the N detector units with the highest IoU")
+    ] = None,
+    min_iou: Annotated[
+        float | None,
+        typer.Option(help="units with IoU above this (default: the run's IoU threshold)"),
+    ] = None,
+    store: Annotated[
+        Path | None, typer.Option(help="the store that IMAGE indexes into")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
+) -> None:
+    """Segment an image with a layer's detector units (each unit's mask in its own
+    color, labelled with its concept; higher-IoU units on top)."""
+    from broden.dissect.experiments import ExperimentWarning, segment
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ExperimentWarning)
+        seg = segment(
+            image, results, store=store, top=top, min_iou=min_iou, device=device, out=out
+        )
+    for w in caught:
+        if issubclass(w.category, ExperimentWarning):
+            typer.echo(f"warning: {w.message}", err=True)
+    typer.echo(seg.format())
+    typer.echo(f"overlay: {out}")
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``compare`` and ``segment`` commands to ``app``."""
-    from broden.cli import user_errors
-
-    @app.command("compare")
-    @user_errors
-    def compare_command(
-        results: Annotated[
-            list[str],
-            typer.Argument(
-                help="dissect output folders (every layer) or layer folders; NAME=DIR names "
-                "a series (default label: model/layer from summary.json)",
-                show_default=False,
-            ),
-        ],
-        out: Annotated[
-            Path, typer.Option("--out", "-o", help="folder for comparison.csv/.png/.svg")
-        ],
-        iou_threshold: Annotated[
-            float | None,
-            typer.Option(help="re-score every layer at this IoU threshold (default: each run's)"),
-        ] = None,
-    ) -> None:
-        """Compare layers and models: unique detectors and the share of units per category."""
-        from broden.dissect.experiments import ExperimentWarning, compare
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentWarning)  # printed below instead
-            res = compare(results, out, iou_threshold=iou_threshold)
-        for w in res.warnings:
-            typer.echo(f"warning: {w}", err=True)
-        typer.echo(res.format())
-        typer.echo(f"comparison: {res.csv}, {', '.join(str(p) for p in res.figures)}")
-
-    @app.command("segment")
-    @user_errors
-    def segment_command(
-        image: Annotated[
-            str,
-            typer.Argument(
-                help="an image file (any size), or a store image index with --store",
-                show_default=False,
-            ),
-        ],
-        results: Annotated[
-            Path, typer.Option("--results", "-r", help="a dissected layer folder: OUT/LAYER")
-        ],
-        out: Annotated[Path, typer.Option("--out", "-o", help="overlay PNG to write")],
-        top: Annotated[
-            int | None, typer.Option(help="only the N detector units with the highest IoU")
-        ] = None,
-        min_iou: Annotated[
-            float | None,
-            typer.Option(help="units with IoU above this (default: the run's IoU threshold)"),
-        ] = None,
-        store: Annotated[
-            Path | None, typer.Option(help="the store that IMAGE indexes into")
-        ] = None,
-        device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
-    ) -> None:
-        """Segment an image with a layer's detector units (each unit's mask in its own
-        color, labelled with its concept; higher-IoU units on top)."""
-        from broden.dissect.experiments import ExperimentWarning, segment
-
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ExperimentWarning)
-            seg = segment(
-                image, results, store=store, top=top, min_iou=min_iou, device=device, out=out
-            )
-        for w in caught:
-            if issubclass(w.category, ExperimentWarning):
-                typer.echo(f"warning: {w.message}", err=True)
-        typer.echo(seg.format())
-        typer.echo(f"overlay: {out}")
+    app.command("compare", rich_help_panel=PANEL)(compare_command)
+    app.command("segment", rich_help_panel=PANEL)(segment_command)

@@ -21,7 +21,6 @@ from broden.dissect.experiments import (
     ExperimentWarning,
     compare,
     random_rotation,
-    rotate_options_help,
     rotation_dir,
     rotation_key,
     rotation_power,
@@ -300,7 +299,6 @@ def test_rotation_of_a_model_layer(painted, tmp_path):
         run_rotations(ts.path, MODEL, ["mix"], -1, out=tmp_path, **kw)
     with pytest.raises(DissectError, match="--alpha"):
         run_rotations(ts.path, MODEL, ["mix"], 1, (float("inf"),), out=tmp_path, **kw)
-    assert set(rotate_options_help()) == {"rotate", "alpha"}
 
 
 # -- comparisons --------------------------------------------------------------------------------

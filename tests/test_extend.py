@@ -266,7 +266,7 @@ def test_cli_add_diff_and_concept_sets(base: Path, tmp_path: Path) -> None:
     set_file = tmp_path / "old.csv"
     r = runner.invoke(app, ["concepts", str(base), "--write-set", str(set_file)])
     assert r.exit_code == 0 and f"{len(old.concepts)} concepts" in r.output
-    from broden.concept_set import fingerprint, resolve
+    from broden.concept_set import ConceptSetError, fingerprint, resolve
 
     cats = [c.name for c in new.categories]
     assert resolve(new.concepts, cats, [str(set_file)]) == [c.id for c in old.concepts]
@@ -280,7 +280,7 @@ def test_cli_add_diff_and_concept_sets(base: Path, tmp_path: Path) -> None:
     # a set from another numbering is refused, not silently remapped
     bad = tmp_path / "bad.csv"
     bad.write_text("id,name\n1,pillow\n")
-    with pytest.raises(ValueError, match="concept 1 is 'pillow' in the set but id 1 names"):
+    with pytest.raises(ConceptSetError, match="concept 1 is 'pillow' in the set but id 1 names"):
         resolve(new.concepts, cats, [str(bad)])
 
 

@@ -39,15 +39,21 @@ def example_entry_points() -> dict[str, str]:
     return dict(project["entry-points"][adapters.ENTRY_POINT_GROUP])
 
 
-def install(site: Path, entry_points: dict[str, str], name: str = "broden_shapes") -> Path:
-    """Write a distribution ``name`` 0.1 declaring ``entry_points`` into ``site``."""
+def install(
+    site: Path,
+    entry_points: dict[str, str],
+    name: str = "broden_shapes",
+    group: str = adapters.ENTRY_POINT_GROUP,
+) -> Path:
+    """Write a distribution ``name`` 0.1 declaring ``entry_points`` of ``group`` into
+    ``site``."""
     site.mkdir(exist_ok=True)
     info = site / f"{name}-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
     lines = [f"{ep} = {target}" for ep, target in entry_points.items()]
     (info / "entry_points.txt").write_text(
-        f"[{adapters.ENTRY_POINT_GROUP}]\n" + "\n".join(lines) + "\n"
+        f"[{group}]\n" + "\n".join(lines) + "\n"
     )
     return site
 
@@ -221,3 +227,41 @@ def test_cli_builds_a_store_from_the_plugin(on_path: Path, tmp_path: Path) -> No
             seen[name] += bool((sample.pixel["object"] == local).any())
     assert {c.name: c.frequency for c in store.concepts} == seen
     assert min(seen.values()) > 0
+
+
+# -- command groups -----------------------------------------------------------------------------
+
+HELLO = """
+import typer
+
+
+def hello() -> None:
+    \"\"\"Say hello (a third-party command).\"\"\"
+    typer.echo("hello from a plugin")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("hello")(hello)
+"""
+
+
+def test_third_party_command_groups_join_and_a_broken_one_names_itself(tmp_path: Path) -> None:
+    from broden.cli import COMMANDS_GROUP
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "broden_hello.py").write_text(HELLO)
+    (site / "broden_typo.py").write_text("import no_such_module_for_broden\n")
+    install(site, {"hello": "broden_hello:register"}, name="broden_hello", group=COMMANDS_GROUP)
+    install(site, {"typo": "broden_typo:register"}, name="broden_typo", group=COMMANDS_GROUP)
+    r = broden("hello", site=site, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout == "hello from a plugin\n"
+    assert r.stderr == (
+        "error: command group 'typo' (broden_typo:register) cannot be loaded: "
+        "ModuleNotFoundError: No module named 'no_such_module_for_broden'; its commands are "
+        "not available\n"
+    )
+    r = broden("adapters", site=site, cwd=tmp_path)  # broden's own commands still work
+    assert r.returncode == 0 and "dtd" in r.stdout and "cannot be loaded" in r.stderr
+    r = broden("--help", site=site, cwd=tmp_path)
+    assert "hello" in r.stdout and "dissect" in r.stdout and "typo" in r.stderr

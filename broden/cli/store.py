@@ -1,53 +1,20 @@
-"""The ``broden`` command line: thin typer wrappers over the library functions.
-
-Every failure a user can cause (a bad config, a missing source folder, a damaged
-store, an unknown layer) ends with one readable message on stderr and exit status
-2; ``broden validate`` exits 1 when it finds problems.
-"""
+"""The store commands of ``broden``: ``build``, ``add``, ``info``, ``concepts``,
+``validate``, ``adapters``, ``export-legacy`` and ``config-schema``, thin typer wrappers
+over :mod:`broden`'s library functions (imported when a command runs)."""
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
-from broden.errors import BrodenError
+from broden.cli.common import StoreArg, user_errors
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Build the Broden concept dataset from public sources and dissect networks against it.",
-    pretty_exceptions_enable=False,
-)
-
-F = TypeVar("F", bound=Callable[..., Any])
+PANEL = "Stores"
 
 
-def user_errors(fn: F) -> F:
-    """Turn the errors a user can cause into one message and exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except BrodenError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-StoreArg = Annotated[Path, typer.Argument(help="path of a broden store (a .zarr folder)")]
-
-
-@app.command()
 @user_errors
 def build(
     config: Annotated[
@@ -88,7 +55,6 @@ def build(
     typer.echo(summary.format())
 
 
-@app.command()
 @user_errors
 def add(
     store: StoreArg,
@@ -114,7 +80,6 @@ def add(
     typer.echo(summary.format())
 
 
-@app.command()
 @user_errors
 def info(
     store: StoreArg,
@@ -128,7 +93,6 @@ def info(
     typer.echo(json.dumps(data, indent=2) if as_json else format_info(data))
 
 
-@app.command()
 @user_errors
 def concepts(
     store: Annotated[
@@ -193,7 +157,6 @@ def concepts(
     typer.echo(json.dumps(records, indent=2) if as_json else format_concepts(records))
 
 
-@app.command()
 @user_errors
 def validate(
     store: StoreArg,
@@ -213,7 +176,6 @@ def validate(
     typer.echo(f"{store}: valid")
 
 
-@app.command()
 @user_errors
 def adapters() -> None:
     """List the installed source adapters and the categories they supply."""
@@ -230,7 +192,6 @@ def adapters() -> None:
         typer.echo(f"{name:<22} {kinds:<48} {target}")
 
 
-@app.command("export-legacy")
 @user_errors
 def export_legacy(
     store: StoreArg,
@@ -250,7 +211,7 @@ def export_legacy(
     typer.echo(summary.format())
 
 
-@app.command("config-schema")
+@user_errors
 def config_schema() -> None:
     """Print the JSON Schema of build configs."""
     from broden.config import BuildConfig
@@ -258,22 +219,14 @@ def config_schema() -> None:
     typer.echo(json.dumps(BuildConfig.model_json_schema(), indent=2))
 
 
-def _register_plugins() -> None:
-    """Commands that live in other packages (``dissect``): each registers itself on ``app``.
-    Their modules import only typer at load time; torch is imported when a command runs."""
-    try:
-        from broden.dissect.cli import register
-    except ImportError:
-        return
-    register(app)
-
-
-_register_plugins()
-
-
-def main() -> None:
-    app(prog_name="broden")
-
-
-if __name__ == "__main__":
-    main()
+def register(app: typer.Typer) -> None:
+    """Add the store commands (build, add, info, concepts, validate, adapters,
+    export-legacy, config-schema) to ``app``."""
+    app.command("build", rich_help_panel=PANEL)(build)
+    app.command("add", rich_help_panel=PANEL)(add)
+    app.command("info", rich_help_panel=PANEL)(info)
+    app.command("concepts", rich_help_panel=PANEL)(concepts)
+    app.command("validate", rich_help_panel=PANEL)(validate)
+    app.command("adapters", rich_help_panel=PANEL)(adapters)
+    app.command("export-legacy", rich_help_panel=PANEL)(export_legacy)
+    app.command("config-schema", rich_help_panel=PANEL)(config_schema)

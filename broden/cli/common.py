@@ -1,0 +1,37 @@
+"""What every command group of the ``broden`` command line shares: the error handling,
+and the arguments that mean the same everywhere."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from broden.errors import BrodenError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(fn: F) -> F:
+    """Turn the errors a user can cause (:class:`~broden.errors.BrodenError`) into one
+    ``error:`` line on stderr and exit status 2; Ctrl-C into ``interrupted``, exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BrodenError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+StoreArg = Annotated[Path, typer.Argument(help="path of a broden store (a .zarr folder)")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
