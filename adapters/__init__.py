@@ -1,34 +1,31 @@
 """Concept sources: one module per public dataset format, each yielding SourceSamples.
 
-Built-in adapters are listed in :data:`BUILTIN`; third-party packages register more
-under the ``broden.adapters`` entry-point group (``name = "package.module:Class"``).
-``broden adapters`` lists what is installed.
+Every adapter, broden's own and third-party ones alike, is registered under the
+``broden.adapters`` entry-point group (``name = "package.module:Class"``; broden's are in
+its ``pyproject.toml``). ``broden adapters`` lists what is installed.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
 from broden.adapters.base import (
-    CATEGORY_ORDER,
     Adapter,
     AdapterOptions,
-    Kind,
     PartOf,
     Prebuilt,
     RootOptions,
-    SampleError,
-    SourceError,
     SourceSample,
-    category_sort_key,
 )
+from broden.adapters.categories import CATEGORY_ORDER, Kind, category_sort_key
+from broden.adapters.errors import BrodenError, SampleError, SourceError
 
 __all__ = [
-    "BUILTIN",
     "CATEGORY_ORDER",
     "Adapter",
     "AdapterOptions",
+    "BrodenError",
     "Kind",
     "PartOf",
     "Prebuilt",
@@ -37,30 +34,31 @@ __all__ = [
     "SourceError",
     "SourceSample",
     "available_adapters",
+    "builtin_adapters",
     "category_sort_key",
     "get_adapter_class",
 ]
-
-#: name → "module:Class" of the adapters shipped with broden
-BUILTIN: dict[str, str] = {
-    "ade20k": "broden.adapters.ade20k:ADE20K",
-    "broden_legacy": "broden.adapters.broden_legacy:BrodenLegacy",
-    "dtd": "broden.adapters.dtd:DTD",
-    "pascal": "broden.adapters.pascal:Pascal",
-    "opensurfaces": "broden.adapters.opensurfaces:OpenSurfaces",
-    "ade20k_sceneparsing": "broden.adapters.ade20k_sceneparsing:ADE20KSceneParsing",
-    "coco": "broden.adapters.coco:COCO",
-    "folder": "broden.adapters.folder:Folder",
-}
 
 ENTRY_POINT_GROUP = "broden.adapters"
 
 
 def available_adapters() -> dict[str, str]:
-    """All installed adapters: name → "module:Class" (built-ins win over entry points)."""
-    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    found.update(BUILTIN)
+    """All installed adapters: name → "module:Class", by name. Where a third-party
+    package registers a name broden already has, broden's own adapter wins."""
+    found: dict[str, str] = {}
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=_is_builtin):
+        found[ep.name] = ep.value  # broden's own last, so they win
     return dict(sorted(found.items()))
+
+
+def builtin_adapters() -> dict[str, str]:
+    """The adapters that ship with broden: name → "module:Class"."""
+    eps = entry_points(group=ENTRY_POINT_GROUP)
+    return dict(sorted((ep.name, ep.value) for ep in eps if _is_builtin(ep)))
+
+
+def _is_builtin(ep: EntryPoint) -> bool:
+    return ep.dist is not None and ep.dist.name == "broden"
 
 
 def get_adapter_class(name: str) -> type[Adapter]:

@@ -55,6 +55,9 @@ from typing import Any
 
 import cv2
 import numpy as np
+from pydantic import Field
+from tqdm import tqdm
+
 from broden.adapters.base import (
     Adapter,
     PartOf,
@@ -65,8 +68,6 @@ from broden.adapters.base import (
 )
 from broden.adapters.decode import load_mat, read_image, read_png_rgb, require_same_size
 from broden.adapters.manifest import file_sha256, load_manifest
-from pydantic import Field
-from tqdm import tqdm
 
 
 class ADE20KOptions(RootOptions):

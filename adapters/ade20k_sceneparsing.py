@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from pydantic import Field, field_validator
+
 from broden.adapters.base import Adapter, RootOptions, SampleError, SourceError, SourceSample
 from broden.adapters.decode import read_image, read_png, require_same_size
 from broden.adapters.manifest import load_manifest
-from pydantic import Field, field_validator
 
 Split = Literal["training", "validation"]
 SPLITS: tuple[Split, ...] = ("training", "validation")

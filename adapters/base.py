@@ -19,25 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
-from broden.adapters.errors import SampleError, SourceError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-#: The Broden hierarchy, lowest level first. Categories outside it (a user's own)
-#: sort after these, alphabetically.
-CATEGORY_ORDER: tuple[str, ...] = ("color", "texture", "material", "part", "object", "scene")
-
-Kind = Literal["pixel", "image"]
-
-
-def category_sort_key(name: str) -> tuple[int, str]:
-    """Sort key putting categories in hierarchy order, unknown ones last by name."""
-    try:
-        return (CATEGORY_ORDER.index(name), name)
-    except ValueError:
-        return (len(CATEGORY_ORDER), name)
+from broden.adapters.categories import Kind
+from broden.adapters.errors import SampleError, SourceError
 
 
 @dataclass(frozen=True)

@@ -54,15 +54,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from broden.adapters.base import (
     Adapter,
-    Kind,
     Prebuilt,
     RootOptions,
     SampleError,
     SourceError,
     SourceSample,
 )
+from broden.adapters.categories import Kind
 from broden.adapters.decode import read_image, read_png_rgb
 
 #: The categories of the broden1 releases, in their ``category.csv`` order, with kinds.

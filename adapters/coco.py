@@ -87,19 +87,19 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import numpy as np
+from pycocotools import mask as mask_utils
+from pydantic import AliasChoices, Field, field_validator, model_validator
+
 from broden.adapters.base import (
     Adapter,
     AdapterOptions,
-    Kind,
     SampleError,
     SourceError,
     SourceSample,
-    category_sort_key,
 )
+from broden.adapters.categories import Kind, category_sort_key
 from broden.adapters.decode import read_image, read_png_rgb, require_same_size
 from broden.adapters.layers import paint_layers
-from pycocotools import mask as mask_utils
-from pydantic import AliasChoices, Field, field_validator, model_validator
 
 #: what a Broden category name may look like (it names the store's ``pixel/<category>``)
 CATEGORY_NAME = r"^[A-Za-z0-9_-]+$"

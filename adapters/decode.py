@@ -13,6 +13,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from broden.adapters.base import SampleError
 
 _COLOR_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION

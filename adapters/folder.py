@@ -100,18 +100,18 @@ from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import Field
+
 from broden.adapters.base import (
     Adapter,
-    Kind,
     RootOptions,
     SampleError,
     SourceError,
     SourceSample,
-    category_sort_key,
 )
+from broden.adapters.categories import Kind, category_sort_key
 from broden.adapters.decode import read_image, read_png, require_same_size
 from broden.adapters.layers import paint_layers
-from pydantic import Field
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 CATEGORY_NAME = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -15,8 +15,9 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
-from broden.adapters.errors import SourceError
 from pydantic import BaseModel, ConfigDict, Field
+
+from broden.adapters.errors import SourceError
 
 
 class Archive(BaseModel):

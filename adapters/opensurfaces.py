@@ -44,6 +44,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+
 from broden.adapters.base import (
     Adapter,
     RootOptions,

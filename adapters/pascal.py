@@ -64,6 +64,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field, model_validator
+
 from broden.adapters.base import (
     Adapter,
     AdapterOptions,
@@ -74,7 +76,6 @@ from broden.adapters.base import (
 )
 from broden.adapters.decode import load_mat, read_image, require_same_size
 from broden.adapters.manifest import load_manifest
-from pydantic import Field, model_validator
 
 #: The 20 PASCAL VOC classes in the standard order (``class_ind`` 1..20).
 VOC_CLASSES: tuple[str, ...] = (

@@ -53,6 +53,9 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image
+
+from bench.results_file import RESULTS, Run, md_table, write_section
 from broden.dissect import dissect
 from broden.dissect.concepts import select_concepts
 from broden.dissect.data import StoreBatches, iterate
@@ -60,9 +63,6 @@ from broden.dissect.hooks import LayerCapture
 from broden.dissect.models import load_model, parse_normalize, preprocess
 from broden.dissect.synthetic import random_store
 from broden.dissect.tally import LabelTables, Tally, threshold_for_dtype
-from PIL import Image
-
-from bench.results_file import RESULTS, Run, md_table, write_section
 from broden.store import BrodenStore, open_store
 
 LAYERS = ("layer3", "layer4")

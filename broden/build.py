@@ -43,13 +43,12 @@ from zarr.codecs import ZstdCodec
 
 from broden.adapters import (
     Adapter,
-    Kind,
     Prebuilt,
     SampleError,
     SourceError,
     SourceSample,
-    category_sort_key,
 )
+from broden.adapters.categories import Kind, category_sort_key
 from broden.adapters.colors import color_counts, color_labels, color_vocabulary
 from broden.config import BuildConfig, make_adapters
 from broden.errors import BuildError

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from broden.adapters import Adapter, category_sort_key
+from broden.adapters import Adapter
+from broden.adapters.categories import category_sort_key
 from broden.build import (
     _STATE,
     BuildError,

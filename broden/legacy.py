@@ -61,7 +61,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from broden.adapters import category_sort_key
+from broden.adapters.categories import category_sort_key
 from broden.schema import Concept
 from broden.store import BrodenStore, StoreError, open_store
 

@@ -37,7 +37,7 @@ import zarr
 from pydantic import ValidationError
 from zarr.codecs import ZstdCodec
 
-from broden.adapters import category_sort_key
+from broden.adapters.categories import category_sort_key
 from broden.errors import StoreError
 from broden.schema import FORMAT_VERSION, CategorySpec, Concept, StoreAttrs
 from broden.shards import ShardedRowReader

@@ -27,7 +27,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from broden.adapters import category_sort_key
+from broden.adapters.categories import category_sort_key
 from broden.schema import CategoryStat, Concept, DroppedLabel, PartOfEdge
 
 Key = tuple[str, str, int]  # (source, category, local id)

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from broden.dissect.errors import DissectError
 
 from broden.concept_set import ConceptSetError, fingerprint, resolve
+from broden.dissect.errors import DissectError
 from broden.store import BrodenStore
 
 

@@ -24,9 +24,9 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from broden.dissect.errors import DissectError
 from torch.utils.data import DataLoader, Dataset
 
+from broden.dissect.errors import DissectError
 from broden.store import BrodenStore
 
 

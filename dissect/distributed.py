@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+
 from broden.dissect.data import resolve_device
 from broden.dissect.errors import DissectError
-
 from broden.store import BrodenStore
 
 T = TypeVar("T")

@@ -45,28 +45,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from broden.adapters.categories import category_colors, ordered_categories
 from broden.dissect.errors import DissectError
 from broden.dissect.results import SUMMARY, layer_dir
 
 if TYPE_CHECKING:
     import torch
-    from broden.dissect.results import DissectionResult
     from matplotlib.figure import Figure
     from torch import nn
 
+    from broden.dissect.results import DissectionResult
     from broden.store import BrodenStore
 
-#: Broden's categories in the order the paper's figures list them
-CATEGORY_ORDER: tuple[str, ...] = ("color", "texture", "material", "part", "object", "scene")
-#: fixed colors of the categories in every figure
-CATEGORY_COLORS: dict[str, str] = {
-    "color": "#e377c2",
-    "texture": "#8c564b",
-    "material": "#9467bd",
-    "part": "#2ca02c",
-    "object": "#1f77b4",
-    "scene": "#ff7f0e",
-}
 #: folder under OUT that holds the rotated dissections
 ROTATED_DIR = "rotated"
 _ROTATION_KEY = re.compile(r"channel-rotation:seed=(\d+):alpha=([^:]+):v1")
@@ -118,12 +109,6 @@ def _model_name(summary: Mapping[str, Any]) -> str:
         act = str(model["activations"])
         return Path(act).name if act != "array" else "activations"
     return "model"
-
-
-def _category_order(categories: Iterable[str]) -> list[str]:
-    cats = list(dict.fromkeys(categories))
-    known = [c for c in CATEGORY_ORDER if c in cats]
-    return known + [c for c in cats if c not in CATEGORY_ORDER]
 
 
 # -- comparisons ------------------------------------------------------------------------------
@@ -367,7 +352,7 @@ def compare(
     notes = _differences(series, summaries)
     for n in notes:
         warnings.warn(n, ExperimentWarning, stacklevel=2)
-    cats = _category_order(c for s in series for c in s.per_category)
+    cats = ordered_categories(c for s in series for c in s.per_category)
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     csv_path = outdir / "comparison.csv"
@@ -465,9 +450,10 @@ def _comparison_figure(series: list[Series], cats: list[str], stem: Path, odd: b
     ax1.set_ylabel("unique concepts detected")
     ax1.legend(fontsize=8)
     bottom = np.zeros(n)
+    colors = category_colors(cats)
     for c in cats:
         vals = np.array([s.share(c) or 0.0 for s in series])
-        ax2.bar(x, vals, 0.6, bottom=bottom, label=c, color=CATEGORY_COLORS.get(c))
+        ax2.bar(x, vals, 0.6, bottom=bottom, label=c, color=colors[c])
         bottom += vals
     ax2.set_title("share of units that are detectors, by category")
     ax2.set_ylabel("fraction of units")
@@ -1086,6 +1072,7 @@ def _upsample(maps: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(K, h, w) → (K, H, W) with the tally's bilinear arithmetic (half-pixel centres,
     clamped edges: ``F.interpolate(mode="bilinear", align_corners=False)``)."""
     import torch
+
     from broden.dissect.tally import bilinear_weights
 
     r0, r1, _, rl1 = bilinear_weights(maps.shape[1], height)
@@ -1198,6 +1185,7 @@ def segment(
     >>> seg.labels[:3], seg.masks.shape                               # doctest: +SKIP
     """
     import torch
+
     from broden.dissect.data import resolve_device
     from broden.dissect.hooks import LayerCapture, to_unit_maps
     from broden.dissect.models import Normalization, load_model, preprocess

@@ -32,8 +32,9 @@ from types import TracebackType
 from typing import Any
 
 import torch
-from broden.dissect.errors import DissectError
 from torch import nn
+
+from broden.dissect.errors import DissectError
 
 LAYOUTS: tuple[str, ...] = ("auto", "nchw", "nhwc")
 OUTPUT = "output"

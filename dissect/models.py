@@ -40,8 +40,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from broden.dissect.errors import DissectError
 from torch import nn
+
+from broden.dissect.errors import DissectError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

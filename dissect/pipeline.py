@@ -36,6 +36,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from tqdm import tqdm
+
 from broden.dissect.concepts import ConceptSelection, select_concepts
 from broden.dissect.data import (
     StoreBatch,
@@ -75,9 +78,6 @@ from broden.dissect.thresholds import (
     values_needed,
 )
 from broden.dissect.topimages import TopImages
-from torch import nn
-from tqdm import tqdm
-
 from broden.store import BrodenStore, open_store
 
 UnitTransform = Callable[[torch.Tensor], torch.Tensor]

@@ -53,6 +53,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import numpy as np
+
+from broden.adapters.categories import category_colors
 from broden.dissect.errors import DissectError
 
 if TYPE_CHECKING:
@@ -64,16 +66,6 @@ REPORT = "report.html"
 FILES = "report_files"
 #: the original bar graph's category order (NetDissect bargraph.py)
 BAR_ORDER: tuple[str, ...] = ("object", "scene", "part", "material", "texture", "color")
-#: category colours (chart bars and the table's chips)
-CATEGORY_COLORS: dict[str, str] = {
-    "object": "#1f77b4",
-    "scene": "#2ca02c",
-    "part": "#ff7f0e",
-    "material": "#8c564b",
-    "texture": "#9467bd",
-    "color": "#d62728",
-}
-_EXTRA_COLORS = ("#17becf", "#bcbd22", "#e377c2", "#7f7f7f")
 #: brightness kept outside a mask (the original report's 20 %)
 DIM = 0.2
 UNIT_OUTLINE = (255, 221, 0)
@@ -200,11 +192,6 @@ def display_name(name: str, category: str) -> str:
     return name
 
 
-def category_colors(categories: Sequence[str]) -> dict[str, str]:
-    extra = iter(_EXTRA_COLORS * (1 + len(categories)))
-    return {c: CATEGORY_COLORS.get(c) or next(extra) for c in categories}
-
-
 def has_random_weights(spec: str | None, weights: str | None) -> bool:
     """True when a model spec is known to give random weights: the built-in zoo
     (``dissect.zoo:*``) or ``torchvision:NAME`` without ``--weights`` (a
@@ -287,6 +274,7 @@ def unit_masks(maps: torch.Tensor, thresholds: Any, size: int) -> torch.Tensor:
     exceed the largest source value), so only the others are upsampled."""
     import torch
     import torch.nn.functional as F
+
     from broden.dissect.tally import threshold_for_dtype
 
     n, k, h, w = maps.shape
@@ -510,6 +498,7 @@ def _model_maps(
     """Run the shown images of ``jobs`` (one model, one store) through the model and keep
     each shown (unit, image) map."""
     import torch
+
     from broden.dissect.data import resolve_device
     from broden.dissect.hooks import LayerCapture, to_unit_maps
     from broden.dissect.models import Normalization, autocast, load_model, preprocess
@@ -595,6 +584,7 @@ def _activation_maps(job: _Job, transforms: Mapping[str, UnitTransform]) -> None
     """Maps of the shown images from the activation file recorded in summary.json, if it
     is still there and unchanged."""
     import torch
+
     from broden.dissect.hooks import to_unit_maps
     from broden.dissect.pipeline import activation_fingerprint, open_activations
 

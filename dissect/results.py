@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from broden.dissect.concepts import ConceptSelection
 from broden.dissect.scoring import Scores, detector_summary, iou_matrix, score
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from broden.adapters import category_sort_key
 
+from broden.adapters.categories import category_sort_key
 from broden.schema import CategorySpec, CategoryStat, Concept, SourceInfo, StoreAttrs
 from broden.store import CONCEPTS_ATTR, DIGESTS_ATTR, STORE_ATTR, Block, create_arrays, write_block
 

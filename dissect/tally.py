@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from broden.dissect.concepts import ConceptSelection
 
 MODES: tuple[str, ...] = ("original", "lite", "plain")

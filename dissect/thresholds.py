@@ -30,6 +30,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+
 from broden.dissect.errors import DissectError
 
 QuantileMethod = Literal["exact", "ndl"]

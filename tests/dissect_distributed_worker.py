@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 from broden.dissect import dissect, score_activations
 from broden.dissect.distributed import shutdown
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from broden.dissect.synthetic import write_store
 from torch import nn
 
+from broden.dissect.synthetic import write_store
 from tests.dissect_helpers import TinyStore
 
 #: RGB of object concepts 1, 2, 3 (the others, and unlabeled pixels, are black)

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-from broden.adapters import SampleError, SourceError
-from broden.adapters.ade20k import ADE20K, normalize_scene
 from PIL import Image
 
+from broden.adapters import SampleError, SourceError
+from broden.adapters.ade20k import ADE20K, normalize_scene
 from tests.conftest import ADE_IDS, ADE_ROOT, ADE_STREET, DATA
 
 

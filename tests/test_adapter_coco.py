@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from broden.adapters import SampleError, SourceError
-from broden.adapters.coco import COCO, category_names, paint_layers, rle_string_counts
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO as PyCOCO
 
+from broden.adapters import SampleError, SourceError
+from broden.adapters.coco import COCO, category_names, paint_layers, rle_string_counts
 from tests.conftest import DATA
 
 PANOPTIC = DATA / "coco_panoptic" / "sample_data"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from broden.adapters import SampleError, SourceError
 from broden.adapters.dtd import DTD
-
 from tests.conftest import SAMPLES
 
 

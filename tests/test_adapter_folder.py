@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from broden.adapters import SampleError, SourceError
 from broden.adapters.base import Adapter, SourceSample
 from broden.adapters.folder import Folder
-from PIL import Image
 
 H, W = 24, 32
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from broden.adapters import SampleError, SourceError
 from broden.adapters.opensurfaces import OpenSurfaces, split_names
-from PIL import Image
 
 DATA = Path(__file__).parent / "data" / "opensurfaces"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+
 from broden.adapters import SampleError, SourceError
 from broden.adapters.pascal import (
     POSITIONAL_WORDS,

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from broden.adapters import SampleError, SourceError
 from broden.adapters.ade20k_sceneparsing import ADE20KSceneParsing
-from PIL import Image
 
 ROOT = Path(__file__).parent / "data" / "ade20k_sceneparsing" / "ADEChallengeData2016"
 VAL = ["ADE_val_00000001", "ADE_val_00000002", "ADE_val_00000003"]

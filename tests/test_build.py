@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from broden.adapters import SourceError
 from PIL import Image
 
+from broden.adapters import SourceError
 from broden.build import BuildError, build, split_of, staging_path
 from broden.config import ConfigError, load_config, parse_config
 from broden.store import StoreError, open_store, validate_store

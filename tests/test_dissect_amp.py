@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from broden.dissect import dissect
-from broden.dissect.models import autocast
 from typer.testing import CliRunner
 
 from broden.cli import app
+from broden.dissect import dissect
+from broden.dissect.models import autocast
 from tests.dissect_helpers import TinyStore, random_labels_store
 
 MODEL = "dissect.zoo:resnet18"

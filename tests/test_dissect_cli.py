@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from broden.dissect.synthetic import write_store
 from typer.testing import CliRunner
 
 from broden.cli import app
+from broden.dissect.synthetic import write_store
 from tests.dissect_helpers import TinyStore, random_labels_store
 
 runner = CliRunner()
@@ -227,6 +227,7 @@ def test_damaged_shard_is_one_message_even_from_a_worker(tiny, tmp_path, workers
 
 def test_out_of_memory_suggests_a_smaller_batch(tiny, tmp_path, monkeypatch):
     import torch
+
     from broden.dissect import tally
 
     def boom(*args, **kwargs):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from broden.dissect import dissect, score_activations
 
+from broden.dissect import dissect, score_activations
 from tests.dissect_helpers import TinyStore, random_labels_store
 
 pytestmark = [

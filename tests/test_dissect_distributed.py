@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from broden.dissect import DissectError, dissect, score_activations
 from broden.dissect.distributed import split_shards
 from broden.dissect.synthetic import write_store
-
 from tests.dissect_helpers import random_labels_store
 
 REPO = Path(__file__).resolve().parent.parent

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from broden.dissect import DissectError, dissect, score_activations
 from broden.dissect.hooks import LayerCapture, check_layers, to_unit_maps
 from broden.dissect.models import load_model, parse_normalize, preprocess
 from broden.dissect.zoo import resnet18
-from torch import nn
-
 from tests.dissect_helpers import TinyStore, random_labels_store
 
 

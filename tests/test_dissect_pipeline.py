@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from broden.dissect import DissectError, dissect, score_activations
 from broden.dissect.hooks import LayerCapture
 from broden.dissect.models import load_model, parse_normalize, preprocess
 from broden.dissect.zoo import resnet18
-
 from broden.store import open_store
 
 LAYERS = ["layer3", "layer4"]

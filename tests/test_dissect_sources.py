@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from broden.dissect import DissectError, dissect, score_activations
-from broden.dissect.data import batch_plan, runs
-from broden.dissect.synthetic import write_store
 from typer.testing import CliRunner
 
 from broden.cli import app
+from broden.dissect import DissectError, dissect, score_activations
+from broden.dissect.data import batch_plan, runs
+from broden.dissect.synthetic import write_store
 from tests.dissect_helpers import TinyStore, random_labels_store, reference
 
 N = 17

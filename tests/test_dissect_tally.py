@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from broden.dissect import score_activations
 from broden.dissect.synthetic import write_store
 from broden.dissect.tally import upsample_reference
-
 from tests.dissect_helpers import TinyStore, random_labels_store, ref_upsample, reference
 
 MODES = ("original", "lite", "plain")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from broden.dissect.errors import DissectError
 from broden.dissect.scoring import iou_matrix
 from broden.dissect.thresholds import (
@@ -15,7 +16,6 @@ from broden.dissect.thresholds import (
     validate_quantile,
     values_needed,
 )
-
 from tests.dissect_helpers import ref_threshold
 
 

@@ -4,11 +4,11 @@ line turns into one `error:` line and exit status 2."""
 from __future__ import annotations
 
 import pytest
-from broden.adapters.errors import BrodenError
-from broden.dissect.errors import DissectError
 from typer.testing import CliRunner
 
+from broden.adapters.errors import BrodenError
 from broden.concept_set import ConceptSetError
+from broden.dissect.errors import DissectError
 from broden.errors import BuildError, ConfigError, RunnerError, SampleError, SourceError, StoreError
 from broden.legacy import ExportError
 

@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 import torch
 import typer
+from PIL import Image
+from typer.testing import CliRunner
+
 from broden.dissect import DissectError, dissect, score_activations
 from broden.dissect.experiments import (
     ROTATED_DIR,
@@ -29,9 +32,6 @@ from broden.dissect.experiments import (
     segment,
 )
 from broden.dissect.experiments_cli import register
-from PIL import Image
-from typer.testing import CliRunner
-
 from tests.experiment_helpers import block_store, planted_activations
 
 MODEL = "tests.experiment_helpers:painted_net"

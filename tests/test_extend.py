@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from broden.adapters.coco import COCO
 from PIL import Image
 from pycocotools import mask as mask_utils
 from typer.testing import CliRunner
 
 from broden import add, build, open_store, parse_config, validate_store
+from broden.adapters.coco import COCO
 from broden.build import BuildError
 from broden.cli import app
 from broden.config import load_config

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from broden.adapters.colors import COLOR_NAMES, color_counts, color_labels, color_table
 from PIL import Image
 from scipy.ndimage import zoom
 
+from broden.adapters.colors import COLOR_NAMES, color_counts, color_labels, color_table
 from broden.imaging import label_grid, nearest_indices, resize_image, sample_labels
 
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from broden.adapters import SourceError, get_adapter_class
-from broden.adapters.broden_legacy import BRODEN1_KINDS, BrodenLegacy
 from PIL import Image
 from typer.testing import CliRunner
 
+from broden.adapters import SourceError, get_adapter_class
+from broden.adapters.broden_legacy import BRODEN1_KINDS, BrodenLegacy
 from broden.build import BuildError, build
 from broden.config import ConfigError, parse_config
 from broden.legacy import ExportError, _Namer, export_legacy, py2_float_str

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from broden.adapters import SourceError, available_adapters, get_adapter_class
-from broden.adapters.dtd import DTD
 
 from broden import adapters
+from broden.adapters import SourceError, available_adapters, get_adapter_class
+from broden.adapters.dtd import DTD
 from broden.config import load_config
 from broden.imaging import label_grid, resize_image, sample_labels
 from broden.store import open_store
@@ -185,7 +185,7 @@ def test_cli_lists_the_plugin_and_survives_a_broken_one(site: Path, tmp_path: Pa
     rows = listing(result.stdout)
     assert rows["shapes"].split() == ["object", "(pixel)", "broden_shapes:Shapes"]
     assert rows["dtd"].split() == ["texture", "(image)", "broden.adapters.dtd:DTD"]
-    assert set(adapters.BUILTIN) < set(rows)
+    assert set(adapters.builtin_adapters()) < set(rows)
     assert rows["broken"].split() == ["(cannot", "be", "loaded)", "broden_no_such_module:Broken"]
     assert result.stderr == (
         "warning: adapter 'broken' (broden_no_such_module:Broken) cannot be loaded: "

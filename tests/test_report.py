@@ -18,6 +18,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torch import nn
+from typer.testing import CliRunner
+
+from broden.cli import app
 from broden.dissect.errors import DissectError
 from broden.dissect.report import (
     BAR_ORDER,
@@ -34,11 +39,6 @@ from broden.dissect.report import (
     write_report,
 )
 from broden.dissect.synthetic import write_store
-from PIL import Image
-from torch import nn
-from typer.testing import CliRunner
-
-from broden.cli import app
 from tests.dissect_helpers import ref_upsample
 
 EVIL = "<script>alert(1)</script>"

@@ -267,7 +267,6 @@ def test_report_renders_offline_in_chromium(tmp_path: Path) -> None:
     if find_chromium() is None:
         pytest.skip("no Chromium binary (CI installs Debian's chromium)")
     from broden.dissect.report import write_report
-
     from tests.test_report import tiny_run
 
     run = tiny_run(tmp_path)

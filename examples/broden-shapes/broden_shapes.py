@@ -16,8 +16,9 @@ are needed::
 from __future__ import annotations
 
 import numpy as np
-from broden.adapters import Adapter, AdapterOptions, SourceSample
 from pydantic import Field
+
+from broden.adapters import Adapter, AdapterOptions, SourceSample
 
 CIRCLE, SQUARE = 1, 2
 
