@@ -28,6 +28,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
 sys.path.insert(0, str(_here.parent))
 
 import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -42,45 +43,28 @@ BATCH = 32
 
 def replicate(src: Path, dst: Path, n: int) -> None:
     """A store of n images made of copies of src's images (same content, same codecs)."""
-    import zarr
-
-    from broden.store import (
-        CONCEPTS_ATTR,
-        DIGESTS_ATTR,
-        STORE_ATTR,
-        Block,
-        create_arrays,
-        open_store,
-        write_block,
-    )
+    from broden.store import Block, open_store, write_store
 
     store = open_store(src)
     blk = store.read_block(0, len(store))
     if dst.exists():
         shutil.rmtree(dst)
-    g = zarr.open_group(str(dst), mode="w")
-    attrs = store.attrs.model_copy(update={"images": n, "shard_size": SHARD, "complete": False})
-    g.attrs[STORE_ATTR] = attrs.model_dump(mode="json")
-    g.attrs[CONCEPTS_ATTR] = [c.model_dump(mode="json") for c in store.concepts]
-    create_arrays(g, n, store.image_size, store.label_size, SHARD, store.categories)
-    digests: dict[str, list[str]] = {}
-    for start in range(0, n, SHARD):
-        idx = np.arange(start, min(start + SHARD, n)) % len(store)
-        part = Block(
-            images=blk.images[idx],
-            pixel={c: a[idx] for c, a in blk.pixel.items()},
-            image_labels={c: a[idx] for c, a in blk.image_labels.items()},
-            source=[blk.source[i] for i in idx],
-            source_id=[f"{blk.source_id[i]}#{start + k}" for k, i in enumerate(idx)],
-            split=[blk.split[i] for i in idx],
-            orig_size=blk.orig_size[idx],
-        )
-        for name, d in write_block(g, start, part).items():
-            digests.setdefault(name, []).append(d)
-    for name, ds in digests.items():
-        g[name].attrs[DIGESTS_ATTR] = ds
-    attrs.complete = True
-    g.attrs[STORE_ATTR] = attrs.model_dump(mode="json")
+    attrs = store.attrs.model_copy(update={"images": n, "shard_size": SHARD})
+
+    def parts() -> Iterator[Block]:
+        for start in range(0, n, SHARD):
+            idx = np.arange(start, min(start + SHARD, n)) % len(store)
+            yield Block(
+                images=blk.images[idx],
+                pixel={c: a[idx] for c, a in blk.pixel.items()},
+                image_labels={c: a[idx] for c, a in blk.image_labels.items()},
+                source=[blk.source[i] for i in idx],
+                source_id=[f"{blk.source_id[i]}#{start + k}" for k, i in enumerate(idx)],
+                split=[blk.split[i] for i in idx],
+                orig_size=blk.orig_size[idx],
+            )
+
+    write_store(dst, attrs, store.concepts, parts())
 
 
 class StoreDataset:

@@ -51,7 +51,7 @@ from broden.adapters import (
 from broden.adapters.categories import Kind, category_sort_key
 from broden.adapters.colors import color_counts, color_labels, color_vocabulary
 from broden.config import BuildConfig, make_adapters
-from broden.errors import BuildError
+from broden.errors import BuildError, StoreError
 from broden.imaging import label_grid, resize_image, sample_labels
 from broden.runners import Runner, make_runner
 from broden.schema import (
@@ -63,7 +63,15 @@ from broden.schema import (
     SourceInfo,
     StoreAttrs,
 )
-from broden.store import CONCEPTS_ATTR, DIGESTS_ATTR, STORE_ATTR, Block, create_arrays, write_block
+from broden.store import (
+    CONCEPTS_ATTR,
+    Block,
+    StoreWriter,
+    array_name,
+    merge_digests,
+    read_attrs,
+)
+from broden.store.layout import n_shards
 from broden.vocabulary import Key, KeyStats, Synonyms, Unified, key_names, unify
 
 COLOR = "color"
@@ -390,7 +398,7 @@ def run_prepare_task(task: int) -> dict[str, Any]:
             for r, p in enumerate(prepared):
                 if cat in p.pixel:
                     arr[r, : p.pixel[cat].shape[0]] = p.pixel[cat]
-            g.create_array(f"pixel/{cat}", data=arr, compressors=codec)
+            g.create_array(array_name(cat, "pixel"), data=arr, compressors=codec)
     record = {
         "task": task,
         "fingerprint": plan.fingerprint,
@@ -425,10 +433,9 @@ def _array(group: zarr.Group, name: str) -> zarr.Array:
 
 def run_write_task(shard: int, layout: Layout) -> dict[str, str]:
     """Assemble and write one store shard; record its digests."""
-    store = zarr.open_group(_STATE["store"], mode="r+")
     start = shard * layout.shard
     stop = min(start + layout.shard, layout.n)
-    digests = write_block(store, start, assemble_rows(layout, start, stop))
+    digests = StoreWriter(_STATE["store"]).write_shard(shard, assemble_rows(layout, start, stop))
     _atomic_write_json(_STATE["staging"] / "written" / f"{shard:05d}.json", digests)
     return digests
 
@@ -465,7 +472,7 @@ def assemble_rows(layout: Layout, start: int, stop: int) -> Block:
         imgs = np.asarray(_array(g, "images")[:])
         blk.images[rs] = imgs[ps]
         for c in layout.categories:
-            name = f"pixel/{c.name}"
+            name = array_name(c)
             if c.kind != "pixel" or name not in g:
                 continue
             local = np.asarray(_array(g, name)[:])[ps]
@@ -700,8 +707,6 @@ def build(
 
 
 def _existing_attrs(out: Path) -> StoreAttrs | None:
-    from broden.store import StoreError, read_attrs
-
     try:
         return read_attrs(zarr.open_group(str(out), mode="r"), out)
     except (StoreError, FileNotFoundError, ValueError, KeyError):
@@ -873,25 +878,15 @@ def _prepare_store(out: Path, attrs: StoreAttrs, unified: Unified, layout: Layou
     if existing is not None and existing.build_fingerprint != attrs.build_fingerprint:
         shutil.rmtree(out)
         existing = None
-    group = zarr.open_group(str(out), mode="a")
-    group.attrs[STORE_ATTR] = attrs.model_dump(mode="json")
-    group.attrs[CONCEPTS_ATTR] = [c.model_dump(mode="json") for c in unified.concepts]
-    create_arrays(group, layout.n, attrs.image_size, attrs.label_size, layout.shard,
-                  layout.categories)  # fmt: skip
+    StoreWriter.begin(out, attrs, unified.concepts)
 
 
 def _finalize(out: Path, staging: Path, attrs: StoreAttrs, layout: Layout) -> None:
-    group = zarr.open_group(str(out), mode="r+")
-    n_shards = -(-layout.n // layout.shard)
-    digests: dict[str, list[str]] = defaultdict(list)
-    for j in range(n_shards):
-        rec = json.loads((staging / "written" / f"{j:05d}.json").read_text())
-        for name, d in rec.items():
-            digests[name].append(d)
-    for name, ds in digests.items():
-        arr = group[name]
-        arr.attrs[DIGESTS_ATTR] = ds
-    group.attrs[STORE_ATTR] = attrs.model_dump(mode="json")  # complete = True, last
+    written = [
+        json.loads((staging / "written" / f"{j:05d}.json").read_text())
+        for j in range(n_shards(layout.n, layout.shard))
+    ]
+    StoreWriter(out).finish(attrs, merge_digests(written))
     shutil.rmtree(staging, ignore_errors=True)
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -70,14 +69,15 @@ from broden.schema import (
 from broden.store import (
     CONCEPTS_ATTR,
     DIGESTS_ATTR,
-    META_ARRAYS,
-    STORE_ATTR,
     Block,
-    create_arrays,
+    StoreWriter,
+    array_name,
+    array_names,
+    open_group,
     read_attrs,
     shard_digest,
-    write_block,
 )
+from broden.store.layout import n_shards
 from broden.vocabulary import unify_into
 
 #: build settings an add takes from the store (changing them would change old rows' meaning)
@@ -100,14 +100,6 @@ class AddLayout:
     migrated: list[str]  # arrays rewritten whole (more layers); old copies in staging
     new: Layout  # the appended rows (row 0 = store row n_old)
 
-    def array_names(self) -> list[str]:
-        names = ["images"]
-        names += [f"{'pixel' if c.kind == 'pixel' else 'image'}/{c.name}" for c in self.categories]
-        return names + list(META_ARRAYS)
-
-
-def _array_name(c: CategorySpec) -> str:
-    return f"{'pixel' if c.kind == 'pixel' else 'image'}/{c.name}"
 
 
 def effective_config(config: BuildConfig, old: StoreAttrs, path: Path) -> BuildConfig:
@@ -132,9 +124,7 @@ def _fingerprint(old: StoreAttrs, plan_fp: str) -> str:
 
 
 def _read_store(path: Path) -> tuple[zarr.Group, StoreAttrs]:
-    from broden.store import _open_group
-
-    group = _open_group(path)
+    group = open_group(path)
     return group, read_attrs(group, path)
 
 
@@ -212,7 +202,7 @@ def add(
     if not old_file.exists():
         old_digests = {
             name: list(_array(group, name).attrs.get(DIGESTS_ATTR) or [])  # type: ignore[arg-type]
-            for name in _store_arrays(old)
+            for name in array_names(old.categories)
         }
         doc = {
             "attrs": old.model_dump(mode="json"),
@@ -272,10 +262,6 @@ def _array(group: zarr.Group, name: str) -> zarr.Array:
     return arr
 
 
-def _store_arrays(attrs: StoreAttrs) -> list[str]:
-    return ["images", *(_array_name(c) for c in attrs.categories), *META_ARRAYS]
-
-
 def _plan_layout(old: StoreAttrs, new: Layout) -> AddLayout:
     """The store's categories after the add, and which arrays must be rewritten."""
     by_name = {c.name: c for c in old.categories}
@@ -292,7 +278,7 @@ def _plan_layout(old: StoreAttrs, new: Layout) -> AddLayout:
             )
         elif c.layers > prev.layers:
             merged[c.name] = c
-            migrated.append(_array_name(c))
+            migrated.append(array_name(c))
     categories = sorted(merged.values(), key=lambda c: category_sort_key(c.name))
     layout = Layout(new.n, new.shard, categories, new.rows, new.meta, new.luts)
     return AddLayout(
@@ -317,28 +303,16 @@ def _migrate(out: Path, staging: Path, old: StoreAttrs, job: AddLayout, fingerpr
         if tail.exists():
             shutil.rmtree(tail)
         t = zarr.open_group(str(tail), mode="w")
-        for name in _store_arrays(old):
+        for name in array_names(old.categories):
             data = np.asarray(_array(group, name)[r0 : job.n_old])
             t.create_array(name.replace("/", "__"), data=data)
         _atomic_write_json(staging / "tail.json", {"rows": [r0, job.n_old]})
     # from here on the store is not the old one any more
-    raw = dict(group.attrs[STORE_ATTR])  # type: ignore[arg-type]
-    raw.update(complete=False, adding=fingerprint)
-    group.attrs[STORE_ATTR] = raw
-    moved = staging / "old_arrays"
-    for name in job.migrated:
-        dest = moved / name
-        if not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(out / name, dest)
-    group = zarr.open_group(str(out), mode="r+")  # the listing changed
-    for name in _store_arrays(old):
-        if name in job.migrated:
-            continue
-        arr = _array(group, name)
-        if arr.shape[0] != job.n_total:
-            arr.resize((job.n_total, *arr.shape[1:]))
-    create_arrays(group, job.n_total, old.image_size, old.label_size, job.shard, job.categories)
+    writer = StoreWriter(out)
+    writer.mark_incomplete(adding=fingerprint)
+    for name in job.migrated:  # kept in staging, copied back with more layers
+        writer.detach(name, staging / "old_arrays" / name)
+    writer.ensure_arrays(job.n_total, job.categories)  # old arrays grow, new ones appear
     _atomic_write_json(staging / "migrated.json", {"arrays": job.migrated})
 
 
@@ -357,32 +331,18 @@ def _old_rows(job: AddLayout, start: int, stop: int, S: int, L: int) -> Block:
         if c.kind == "pixel":
             arr = np.zeros((n, c.layers, L, L), np.uint16)
             if old is not None:
-                arr[:, : old.layers] = read(_array_name(old))
+                arr[:, : old.layers] = read(array_name(old))
             blk.pixel[c.name] = arr
         else:
             lab = np.zeros((n, c.layers), np.uint16)
             if old is not None:
-                lab[:, : old.layers] = read(_array_name(old))
+                lab[:, : old.layers] = read(array_name(old))
             blk.image_labels[c.name] = lab
     blk.source = [str(x) for x in read("meta/source")]
     blk.source_id = [str(x) for x in read("meta/source_id")]
     blk.split = [str(x) for x in read("meta/split")]
     blk.orig_size = read("meta/orig_size")
     return blk
-
-
-def _concat(a: Block, c: Block) -> Block:
-    return Block(
-        images=np.concatenate([a.images, c.images]),
-        pixel={k: np.concatenate([a.pixel[k], c.pixel[k]]) for k in a.pixel},
-        image_labels={
-            k: np.concatenate([a.image_labels[k], c.image_labels[k]]) for k in a.image_labels
-        },  # fmt: skip
-        source=a.source + c.source,
-        source_id=a.source_id + c.source_id,
-        split=a.split + c.split,
-        orig_size=np.concatenate([a.orig_size, c.orig_size]),
-    )
 
 
 def run_add_write_task(shard: int, job: AddLayout) -> dict[str, str]:
@@ -392,25 +352,25 @@ def run_add_write_task(shard: int, job: AddLayout) -> dict[str, str]:
     written whole, its old rows from the staged copy of the store's last shard."""
     plan: Plan = _STATE["plan"]
     staging: Path = _STATE["staging"]
-    store = zarr.open_group(_STATE["store"], mode="r+")
+    writer = StoreWriter(_STATE["store"])
     S, L = plan.config.image_size, plan.config.label_size
     start = shard * job.shard
     stop = min(start + job.shard, job.n_total)
-    digests: dict[str, str] = {}
     if stop <= job.n_old:
+        relaid = {}
         for name in job.migrated:
             src = zarr.open_array(str(staging / "old_arrays" / name), mode="r")
             old = np.asarray(src[start:stop])
-            arr = _array(store, name)
+            arr = writer.array(name)
             data = np.zeros((stop - start, *arr.shape[1:]), arr.dtype)
             data[:, : old.shape[1]] = old
-            arr[start:stop] = data
-            digests[name] = shard_digest(data)
+            relaid[name] = data
+        digests = writer.write_arrays(shard, relaid)
     else:
         blk = assemble_rows(job.new, max(start, job.n_old) - job.n_old, stop - job.n_old)
         if start < job.n_old:
-            blk = _concat(_old_rows(job, start, job.n_old, S, L), blk)
-        digests = write_block(store, start, blk)
+            blk = Block.concat([_old_rows(job, start, job.n_old, S, L), blk])
+        digests = writer.write_shard(shard, blk)
     _atomic_write_json(staging / "written" / f"{shard:05d}.json", digests)
     return digests
 
@@ -447,25 +407,24 @@ def _finalize(
     job: AddLayout,
     old_digests: dict[str, list[str]],
 ) -> None:
-    group = zarr.open_group(str(out), mode="r+")
-    n_shards = -(-job.n_total // job.shard)
+    writer = StoreWriter(out)
+    shards = n_shards(job.n_total, job.shard)
     written: dict[int, dict[str, str]] = {}
-    for j in range(n_shards):
+    for j in range(shards):
         path = staging / "written" / f"{j:05d}.json"
         if path.exists():
             written[j] = json.loads(path.read_text())
-    for name in job.array_names():
-        arr = _array(group, name)
-        digests = []
-        for j in range(n_shards):
+    digests: dict[str, list[str]] = {}
+    for name in array_names(job.categories):
+        arr = writer.array(name)
+        digests[name] = []
+        for j in range(shards):
             if name in written.get(j, {}):
-                digests.append(written[j][name])
+                digests[name].append(written[j][name])
             elif j < len(old_digests.get(name, [])):
-                digests.append(old_digests[name][j])
+                digests[name].append(old_digests[name][j])
             else:  # a category new to the store, all zero on the old rows
                 rows = min(job.shard, job.n_total - j * job.shard)
-                digests.append(shard_digest(np.zeros((rows, *arr.shape[1:]), arr.dtype)))
-        arr.attrs[DIGESTS_ATTR] = digests
-    group.attrs[CONCEPTS_ATTR] = [c.model_dump(mode="json") for c in concepts]
-    group.attrs[STORE_ATTR] = attrs.model_dump(mode="json")  # complete = True, last
+                digests[name].append(shard_digest(np.zeros((rows, *arr.shape[1:]), arr.dtype)))
+    writer.finish(attrs, digests, concepts)
     shutil.rmtree(staging, ignore_errors=True)

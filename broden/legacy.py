@@ -63,7 +63,7 @@ from tqdm import tqdm
 
 from broden.adapters.categories import category_sort_key
 from broden.schema import Concept
-from broden.store import BrodenStore, StoreError, open_store
+from broden.store import BrodenStore, StoreError, array_name, open_store
 
 #: The adapter of sources whose source_ids are already release paths.
 LEGACY_ADAPTER = "broden_legacy"
@@ -244,7 +244,7 @@ def export_legacy(
             paths.append((ds, name))
             block_ds.append(ds)
         for c in deep:
-            second = np.asarray(s.array(f"pixel/{c.name}")[start:stop, 1:])
+            second = np.asarray(s.array(array_name(c))[start:stop, 1:])
             used = np.asarray(second.reshape(len(second), -1).any(axis=1))
             for ds, u in zip(block_ds, used.tolist(), strict=True):
                 if u:

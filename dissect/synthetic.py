@@ -10,16 +10,16 @@ materials on a coarser partition, colors per pixel, scenes and textures per imag
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from broden.adapters.categories import category_sort_key
 from broden.schema import CategorySpec, CategoryStat, Concept, SourceInfo, StoreAttrs
-from broden.store import CONCEPTS_ATTR, DIGESTS_ATTR, STORE_ATTR, Block, create_arrays, write_block
+from broden.store import Block
+from broden.store import write_store as write_blocks
 
 
 def write_store(
@@ -103,31 +103,22 @@ def write_store(
         package_version="0",
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    group = zarr.open_group(str(path), mode="w")
-    group.attrs[STORE_ATTR] = attrs.model_dump(mode="json")
-    group.attrs[CONCEPTS_ATTR] = [c.model_dump(mode="json") for c in table]
-    create_arrays(group, N, S, L, shard, specs)
-    digests: dict[str, list[str]] = {}
-    for start in range(0, N, shard):
-        stop = min(start + shard, N)
-        blk = Block(
-            images=images[start:stop],
-            pixel={c: np.asarray(pixel[c][start:stop], np.uint16) for c in pixel},
-            image_labels={
-                c: np.asarray(image_labels[c][start:stop], np.uint16) for c in image_labels
-            },
-            source=src[start:stop],
-            source_id=[f"img{i:06d}" for i in range(start, stop)],
-            split=["train" if i % 10 < 7 else "val" for i in range(start, stop)],
-            orig_size=np.full((stop - start, 2), S, np.int32),
-        )
-        for name, d in write_block(group, start, blk).items():
-            digests.setdefault(name, []).append(d)
-    for name, ds in digests.items():
-        group[name].attrs[DIGESTS_ATTR] = ds
-    if complete:
-        attrs.complete = True
-        group.attrs[STORE_ATTR] = attrs.model_dump(mode="json")
+    def blocks() -> Iterator[Block]:
+        for start in range(0, N, shard):
+            stop = min(start + shard, N)
+            yield Block(
+                images=images[start:stop],
+                pixel={c: np.asarray(pixel[c][start:stop], np.uint16) for c in pixel},
+                image_labels={
+                    c: np.asarray(image_labels[c][start:stop], np.uint16) for c in image_labels
+                },
+                source=src[start:stop],
+                source_id=[f"img{i:06d}" for i in range(start, stop)],
+                split=["train" if i % 10 < 7 else "val" for i in range(start, stop)],
+                orig_size=np.full((stop - start, 2), S, np.int32),
+            )
+
+    write_blocks(path, attrs, table, blocks(), finish=complete)
     return path
 
 

@@ -14,9 +14,8 @@ from broden.store import (
     STORE_ATTR,
     Block,
     BrodenStore,
-    create_arrays,
-    write_block,
 )
+from broden.store import write_store as write_blocks
 
 
 def write_store(
@@ -44,20 +43,7 @@ def write_store(
         package_version="test",
         created="2026-11-25T00:00:00+00:00",
     )
-    group = zarr.open_group(str(path), mode="w")
-    group.attrs[STORE_ATTR] = attrs.model_dump(mode="json")
-    group.attrs[CONCEPTS_ATTR] = [c.model_dump(mode="json") for c in concepts]
-    create_arrays(group, n, image_size, image_size // 2, shard, categories)
-    digests: dict[str, list[str]] = {}
-    start = 0
-    for blk in blocks:
-        for name, d in write_block(group, start, blk).items():
-            digests.setdefault(name, []).append(d)
-        start += len(blk)
-    for name, ds in digests.items():
-        group[name].attrs[DIGESTS_ATTR] = ds
-    attrs.complete = True
-    group.attrs[STORE_ATTR] = attrs.model_dump(mode="json")
+    write_blocks(path, attrs, concepts, blocks)
 
 
 def assert_stores_equal(a: Path, b: Path) -> None:

@@ -1,0 +1,117 @@
+"""The layout of a store (format version 1): the names of its arrays and attributes, their
+codecs, shard boundaries and digests, and :class:`Block`, the rows of every array.
+
+Every array shares the shard boundaries (images ``[j·shard, (j+1)·shard)``) and each
+writer writes whole shards: Zarr rewrites a shard whole, so two writers sharing one lose
+data. Every array's attributes hold ``shard_digests``, a blake2b digest of each shard's
+decoded content, taken when it was written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from zarr.codecs import ZstdCodec
+
+from broden.adapters.categories import Kind
+from broden.schema import CategorySpec
+
+#: the root group attribute holding :class:`~broden.schema.StoreAttrs`
+STORE_ATTR = "broden"
+#: the root group attribute holding the concept table
+CONCEPTS_ATTR = "concepts"
+#: each array's attribute holding its shards' digests
+DIGESTS_ATTR = "shard_digests"
+
+#: Measured in bench/codecs.py on the real fixture photos at 224: zstd level 1
+#: compresses as well as level 3 (1.34× vs 1.38×) and encodes 3.5× faster.
+IMAGE_CODEC = ZstdCodec(level=1)
+#: Label maps compress 25-45× with zstd level 3 (DESIGN.md §4).
+LABEL_CODEC = ZstdCodec(level=3)
+
+IMAGES = "images"
+META_ARRAYS = ("meta/source", "meta/source_id", "meta/split", "meta/orig_size")
+
+
+def array_name(category: CategorySpec | str, kind: Kind | None = None) -> str:
+    """The array of a category's labels: ``pixel/<name>`` for a per-pixel category,
+    ``image/<name>`` for a whole-image one (``category`` a spec, or a name and ``kind``)."""
+    if isinstance(category, CategorySpec):
+        return f"{category.kind}/{category.name}"
+    if kind is None:
+        raise ValueError(f"the array of category {category!r} needs its kind")
+    return f"{kind}/{category}"
+
+
+def array_names(categories: Iterable[CategorySpec]) -> list[str]:
+    """Every array of a store with these categories, in the store's order."""
+    return [IMAGES, *(array_name(c) for c in categories), *META_ARRAYS]
+
+
+def n_shards(images: int, shard: int) -> int:
+    """Shards of ``shard`` images that hold ``images`` images."""
+    return -(-images // shard)
+
+
+def shard_rows(index: int, images: int, shard: int) -> tuple[int, int]:
+    """[start, stop) of shard ``index``."""
+    start = index * shard
+    return start, min(start + shard, images)
+
+
+def shard_digest(data: np.ndarray) -> str:
+    """Digest of a shard's decoded content (shape, dtype and bytes)."""
+    h = hashlib.blake2b(digest_size=16)
+    if data.dtype.kind in "OUT":
+        h.update(json.dumps([str(x) for x in data.ravel()]).encode())
+    else:
+        h.update(f"{data.shape}{data.dtype.str}".encode())
+        h.update(np.ascontiguousarray(data).tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Block:
+    """Rows ``[start, start + n)`` of every array of a store."""
+
+    images: np.ndarray  # (n, S, S, 3) uint8
+    pixel: dict[str, np.ndarray] = field(default_factory=dict)  # (n, K, L, L) uint16
+    image_labels: dict[str, np.ndarray] = field(default_factory=dict)  # (n, K) uint16
+    source: list[str] = field(default_factory=list)
+    source_id: list[str] = field(default_factory=list)
+    split: list[str] = field(default_factory=list)
+    orig_size: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int32))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The block as the store's arrays: array name → rows."""
+        parts: dict[str, np.ndarray] = {IMAGES: self.images}
+        parts.update({array_name(c, "pixel"): a for c, a in self.pixel.items()})
+        parts.update({array_name(c, "image"): a for c, a in self.image_labels.items()})
+        parts["meta/source"] = np.array(self.source, dtype=str)
+        parts["meta/source_id"] = np.array(self.source_id, dtype=str)
+        parts["meta/split"] = np.array(self.split, dtype=str)
+        parts["meta/orig_size"] = np.asarray(self.orig_size, np.int32)
+        return parts
+
+    @staticmethod
+    def concat(blocks: list[Block]) -> Block:
+        """The rows of ``blocks`` one after the other (same categories and layers)."""
+        first = blocks[0]
+        return Block(
+            images=np.concatenate([b.images for b in blocks]),
+            pixel={k: np.concatenate([b.pixel[k] for b in blocks]) for k in first.pixel},
+            image_labels={
+                k: np.concatenate([b.image_labels[k] for b in blocks]) for k in first.image_labels
+            },
+            source=[s for b in blocks for s in b.source],
+            source_id=[s for b in blocks for s in b.source_id],
+            split=[s for b in blocks for s in b.split],
+            orig_size=np.concatenate([b.orig_size for b in blocks]),
+        )
