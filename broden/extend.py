@@ -37,28 +37,13 @@ import zarr
 
 from broden.adapters import Adapter
 from broden.adapters.categories import category_sort_key
-from broden.build import (
-    _STATE,
-    BuildError,
-    BuildSummary,
-    Layout,
-    Plan,
-    _atomic_write_json,
-    _summary_from_attrs,
-    assemble_rows,
-    collect_stats,
-    fail_on_skips,
-    make_layout,
-    make_plan,
-    names_lookup,
-    package_version,
-    prepare_all,
-    running,
-    source_infos,
-    start_staging,
-    write_shards,
-)
+from broden.build.layout import Layout, assemble_rows, collect_stats, make_layout, names_lookup
+from broden.build.phases import fail_on_skips, prepare_all, running, write_shards
+from broden.build.plan import Plan, make_plan
+from broden.build.staging import atomic_write_json, start_staging, worker, written_path
+from broden.build.summary import BuildSummary, package_version, source_infos, summary_from_attrs
 from broden.config import BuildConfig, make_adapters
+from broden.errors import BuildError
 from broden.schema import (
     Addition,
     BuildReport,
@@ -176,7 +161,7 @@ def add(
     config_fp = plan.fingerprint
     if attrs.complete and config_fp in {a.config_fingerprint for a in attrs.additions}:
         shutil.rmtree(staging, ignore_errors=True)
-        summary = _summary_from_attrs(out, attrs, time.perf_counter() - t0)
+        summary = summary_from_attrs(out, attrs, time.perf_counter() - t0)
         summary.up_to_date = True
         return summary
     taken = {s.name for s in old.sources}
@@ -209,7 +194,7 @@ def add(
             "concepts": [c.model_dump(mode="json") for c in old_concepts],
             "digests": old_digests,
         }
-        _atomic_write_json(old_file, doc)
+        atomic_write_json(old_file, doc)
     reused = len(records)
 
     with running(plan, staging, out, workers, dask) as runner:
@@ -245,7 +230,7 @@ def add(
     )
     new_attrs = _final_attrs(old, plan, job, report, addition)
     _finalize(out, staging, new_attrs, unified.concepts, job, old_digests)
-    summary = _summary_from_attrs(out, new_attrs, seconds)
+    summary = summary_from_attrs(out, new_attrs, seconds)
     summary.reused_tasks = reused
     summary.notes.append(
         f"added: {addition.images} images from {', '.join(addition.sources)} as rows "
@@ -306,19 +291,19 @@ def _migrate(out: Path, staging: Path, old: StoreAttrs, job: AddLayout, fingerpr
         for name in array_names(old.categories):
             data = np.asarray(_array(group, name)[r0 : job.n_old])
             t.create_array(name.replace("/", "__"), data=data)
-        _atomic_write_json(staging / "tail.json", {"rows": [r0, job.n_old]})
+        atomic_write_json(staging / "tail.json", {"rows": [r0, job.n_old]})
     # from here on the store is not the old one any more
     writer = StoreWriter(out)
     writer.mark_incomplete(adding=fingerprint)
     for name in job.migrated:  # kept in staging, copied back with more layers
         writer.detach(name, staging / "old_arrays" / name)
     writer.ensure_arrays(job.n_total, job.categories)  # old arrays grow, new ones appear
-    _atomic_write_json(staging / "migrated.json", {"arrays": job.migrated})
+    atomic_write_json(staging / "migrated.json", {"arrays": job.migrated})
 
 
 def _old_rows(job: AddLayout, start: int, stop: int, S: int, L: int) -> Block:
     """Store rows ``[start, stop)`` (all old) with the layers of the categories after the add."""
-    staging: Path = _STATE["staging"]
+    staging: Path = worker().staging
     tail = zarr.open_group(str(staging / "tail.zarr"), mode="r")
 
     def read(name: str) -> np.ndarray:
@@ -350,9 +335,9 @@ def run_add_write_task(shard: int, job: AddLayout) -> dict[str, str]:
 
     A shard of old rows only re-lays the arrays that gained layers; any other shard is
     written whole, its old rows from the staged copy of the store's last shard."""
-    plan: Plan = _STATE["plan"]
-    staging: Path = _STATE["staging"]
-    writer = StoreWriter(_STATE["store"])
+    plan: Plan = worker().plan
+    staging: Path = worker().staging
+    writer = StoreWriter(worker().store)
     S, L = plan.config.image_size, plan.config.label_size
     start = shard * job.shard
     stop = min(start + job.shard, job.n_total)
@@ -371,7 +356,7 @@ def run_add_write_task(shard: int, job: AddLayout) -> dict[str, str]:
         if start < job.n_old:
             blk = Block.concat([_old_rows(job, start, job.n_old, S, L), blk])
         digests = writer.write_shard(shard, blk)
-    _atomic_write_json(staging / "written" / f"{shard:05d}.json", digests)
+    atomic_write_json(written_path(staging, shard), digests)
     return digests
 
 
@@ -411,7 +396,7 @@ def _finalize(
     shards = n_shards(job.n_total, job.shard)
     written: dict[int, dict[str, str]] = {}
     for j in range(shards):
-        path = staging / "written" / f"{j:05d}.json"
+        path = written_path(staging, j)
         if path.exists():
             written[j] = json.loads(path.read_text())
     digests: dict[str, list[str]] = {}

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from broden.build import BuildError, build, staging_path
+from broden.build.runners import KILL_WORKER_ONCE_ENV
 from broden.config import parse_config
-from broden.runners import KILL_WORKER_ONCE_ENV
 from tests.store_helpers import assert_groups_equal
 from tests.test_build import sample_config
 

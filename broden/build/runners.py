@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -108,7 +109,7 @@ def _on_dask_worker(
     the middle of a build (the tests check that Dask re-runs its tasks). Never set it
     outside tests.
     """
-    import broden.runners as me
+    me = sys.modules[__name__]
 
     marker = os.environ.get(KILL_WORKER_ONCE_ENV)
     if marker:
