@@ -278,7 +278,7 @@ def main() -> None:
                 timed[mode] = best
             t_dis, res = timed["auto"]
             t_two = timed["no"][0] if "no" in timed else float("nan")
-            tim = res.summary["timings"]
+            tim = res.summary.timings
             t_tally = tim.get("pass2_s", float("nan"))
             # (c): the subset's activations (not timed), then the loop
             k = min(args.subset, n)
@@ -303,7 +303,7 @@ def main() -> None:
 
     headers = [""]
     for layer, r, *_ in rows:
-        h, w = r.summary["activation_shape"]
+        h, w = r.summary.activation_shape
         headers.append(f"{layer} ({r.units} units at {h}×{w})")
     res_c = [r[1] for r in rows]
     dis_c, two_c, tally_c, loop_c, all_c = ([r[i] for r in rows] for i in range(2, 7))

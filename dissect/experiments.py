@@ -34,7 +34,6 @@ labels (higher-IoU units on top).
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import re
@@ -48,7 +47,14 @@ import numpy as np
 
 from broden.adapters.categories import category_colors, ordered_categories
 from broden.dissect.errors import DissectError
-from broden.dissect.results import SUMMARY, layer_dir
+from broden.dissect.results import layer_dir
+from broden.dissect.summary import (
+    SUMMARY,
+    CategoryDetectors,
+    Detectors,
+    LayerSummary,
+    ModelRecord,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -70,18 +76,6 @@ class ExperimentWarning(UserWarning):
 # -- reading result folders -------------------------------------------------------------------
 
 
-def _read_summary(directory: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((directory / SUMMARY).read_text())
-    except FileNotFoundError:
-        raise DissectError(f"{directory}: no {SUMMARY} (not a dissected layer folder)") from None
-    except (OSError, ValueError) as e:
-        raise DissectError(f"{directory}/{SUMMARY}: unreadable ({e})") from None
-    if not isinstance(data, dict) or "units" not in data or "per_category" not in data:
-        raise DissectError(f"{directory}/{SUMMARY}: not a dissection summary")
-    return data
-
-
 def layer_dirs(path: str | os.PathLike[str]) -> list[Path]:
     """The layer folders of a result: ``path`` itself when it holds a ``summary.json``,
     else its sub-folders that do (sorted by name)."""
@@ -101,16 +95,6 @@ def layer_dirs(path: str | os.PathLike[str]) -> list[Path]:
     return found
 
 
-def _model_name(summary: Mapping[str, Any]) -> str:
-    model = summary.get("model") or {}
-    if model.get("spec"):
-        return str(model["spec"])
-    if model.get("activations"):
-        act = str(model["activations"])
-        return Path(act).name if act != "array" else "activations"
-    return "model"
-
-
 # -- comparisons ------------------------------------------------------------------------------
 
 
@@ -126,7 +110,7 @@ class Series:
     detectors: int
     unique_top_label: int
     unique_per_category: int
-    per_category: dict[str, dict[str, int]]
+    per_category: dict[str, CategoryDetectors]
     iou_threshold: float
     unit_area: str
     store_fingerprint: str
@@ -138,7 +122,7 @@ class Series:
     def count(self, category: str) -> int | None:
         """Units whose best label is a detector of ``category`` (None: not in the concepts)."""
         c = self.per_category.get(category)
-        return None if c is None else int(c["detectors"])
+        return None if c is None else c.detectors
 
     def share(self, category: str) -> float | None:
         """``count(category) / units`` (None: the category is not in the concepts)."""
@@ -189,7 +173,7 @@ def _parse_result_arg(
     return None, Path(text)
 
 
-def _rescore(directory: Path, summary: dict[str, Any], threshold: float) -> dict[str, Any]:
+def _rescore(directory: Path, summary: LayerSummary, threshold: float) -> Detectors:
     """Detector numbers of a layer at another IoU threshold, from its iou.npy."""
     from broden.dissect.scoring import detector_summary, score
 
@@ -199,7 +183,7 @@ def _rescore(directory: Path, summary: dict[str, Any], threshold: float) -> dict
             rows = list(csv.DictReader(f))
     except (OSError, ValueError) as e:
         raise DissectError(f"{directory}: cannot read iou.npy / concepts.csv ({e})") from None
-    cats = list(summary.get("concepts", {}).get("categories") or summary["per_category"])
+    cats = list(summary.concepts.categories or summary.per_category)
     try:
         concept_category = np.array([cats.index(r["category"]) for r in rows], np.int64)
     except (ValueError, KeyError):
@@ -210,17 +194,17 @@ def _rescore(directory: Path, summary: dict[str, Any], threshold: float) -> dict
         raise DissectError(
             f"{directory}: iou.npy of shape {iou.shape} does not fit concepts.csv ({len(rows)})"
         )
-    return detector_summary(
-        score(iou, concept_category, len(cats)), [r["name"] for r in rows], cats, threshold
+    return Detectors.model_validate(
+        detector_summary(
+            score(iou, concept_category, len(cats)), [r["name"] for r in rows], cats, threshold
+        )
     )
 
 
 def _series(name: str | None, directory: Path, many: bool, threshold: float | None) -> Series:
-    s = _read_summary(directory)
-    layer = str(s.get("layer", directory.name))
-    model = _model_name(s)
-    settings = s.get("settings", {})
-    transform = str(settings.get("transform") or "")
+    s = LayerSummary.read(directory)
+    layer, model, settings = s.layer, s.source, s.settings
+    transform = settings.transform or ""
     if name is not None:
         label = f"{name}/{layer}" if many else name
     else:
@@ -230,49 +214,48 @@ def _series(name: str | None, directory: Path, many: bool, threshold: float | No
             label += f" (rotated: seed {m.group(1)}, alpha {float(m.group(2)):g})"
         elif transform:
             label += f" ({transform})"
-    thr = float(settings.get("iou_threshold", 0.04))
-    numbers: Mapping[str, Any] = s
+    thr = settings.iou_threshold
+    numbers = s.detector_numbers()
     if threshold is not None and threshold != thr:
         if not 0 <= threshold < 1:
             raise DissectError(f"--iou-threshold must lie in [0, 1), got {threshold}")
         numbers = _rescore(directory, s, threshold)
         thr = threshold
-    conc = s.get("concepts", {})
-    store = s.get("store", {})
+    conc, store = s.concepts, s.store
     return Series(
         label=label,
         directory=directory,
         model=model,
         layer=layer,
-        units=int(numbers["units"]),
-        detectors=int(numbers["detectors"]),
-        unique_top_label=int(numbers["unique_detectors"]["top_label"]),
-        unique_per_category=int(numbers["unique_detectors"]["per_category"]),
-        per_category={k: dict(v) for k, v in numbers["per_category"].items()},
+        units=numbers.units,
+        detectors=numbers.detectors,
+        unique_top_label=numbers.unique_detectors.top_label,
+        unique_per_category=numbers.unique_detectors.per_category,
+        per_category=dict(numbers.per_category),
         iou_threshold=thr,
-        unit_area=str(settings.get("unit_area", "")),
-        store_fingerprint=str(store.get("fingerprint", "")),
-        store_path=str(store.get("path", "")),
-        concepts=f"{conc.get('selection', '')} ({conc.get('count', '?')} concepts)",
+        unit_area=settings.unit_area,
+        store_fingerprint=store.fingerprint,
+        store_path=store.path,
+        concepts=f"{conc.selection} ({conc.count} concepts)",
         transform=transform,
     )
 
 
-def _differences(series: list[Series], summaries: list[dict[str, Any]]) -> list[str]:
+def _differences(series: list[Series], summaries: list[LayerSummary]) -> list[str]:
     """Fill each series' ``differs`` (what is not like the first series); the warnings."""
     if not series:
         return []
     ref, ref_sum = series[0], summaries[0]
     out = []
 
-    def settings(s: dict[str, Any]) -> tuple[Any, ...]:
-        st = s.get("settings", {})
-        return (st.get("quantile"), st.get("quantile_method"), st.get("thresholds"))
+    def settings(s: LayerSummary) -> tuple[Any, ...]:
+        st = s.settings
+        return (st.quantile, st.quantile_method, st.thresholds)
 
     for s, summ in zip(series[1:], summaries[1:], strict=True):
         if s.store_fingerprint != ref.store_fingerprint:
             s.differs.append("store")
-        cats, ref_cats = (x.get("concepts", {}).get("categories") for x in (summ, ref_sum))
+        cats, ref_cats = (x.concepts.categories for x in (summ, ref_sum))
         if s.concepts != ref.concepts or cats != ref_cats:
             s.differs.append("concepts")
         if s.unit_area != ref.unit_area:
@@ -331,17 +314,17 @@ def compare(
     if not result_dirs:
         raise DissectError("nothing to compare: give at least one result folder")
     series: list[Series] = []
-    summaries: list[dict[str, Any]] = []
+    summaries: list[LayerSummary] = []
     for arg in result_dirs:
         name, path = _parse_result_arg(arg)
         dirs = layer_dirs(path)
         for d in dirs:
             series.append(_series(name, d, len(dirs) > 1, iou_threshold))
-            summaries.append(_read_summary(d))
+            summaries.append(LayerSummary.read(d))
     seen: dict[str, int] = {}
     for s, summ in zip(series, summaries, strict=True):  # unique labels
         if s.label in seen:
-            weights = (summ.get("model") or {}).get("weights")
+            weights = summ.model.weights if isinstance(summ.model, ModelRecord) else None
             alt = f"{s.label} [{Path(weights).name}]" if weights else s.label
             k = 2
             while alt in seen:
@@ -404,10 +387,10 @@ def _write_comparison_csv(path: Path, series: list[Series], cats: list[str]) -> 
                 else:
                     share = s.share(c)
                     row += [
-                        int(pc["detectors"]),
+                        pc.detectors,
                         f"{share:.6f}",
-                        int(pc["unique_top_label"]),
-                        int(pc["unique_per_category"]),
+                        pc.unique_top_label,
+                        pc.unique_per_category,
                     ]
             row += [
                 f"{s.iou_threshold:g}",
@@ -679,9 +662,9 @@ class RotationResult:
                 if base["per_category"]
                 else "",
             }
-            for cat, pc in r.summary["per_category"].items():
-                row[f"{cat}_detectors"] = pc["detectors"]
-                row[f"{cat}_unique_per_category"] = pc["unique_per_category"]
+            for cat, pc in r.summary.per_category.items():
+                row[f"{cat}_detectors"] = pc.detectors
+                row[f"{cat}_unique_per_category"] = pc.unique_per_category
             row["directory"] = str(r.directory)
             out.append(row)
         return out
@@ -747,7 +730,7 @@ def _rotation_figure(res: RotationResult, rows: list[dict[str, Any]], stem: Path
     ax.set_xlim(min([0.0, *alphas]) - 0.05, max([1.0, *alphas]) + 0.05)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
-    t = res.unrotated.summary["settings"]["iou_threshold"]
+    t = res.unrotated.summary.settings.iou_threshold
     ax.set_title(
         f"{res.layer}: {res.unrotated.units} units, rotation seed {res.seed}, IoU > {t:g}",
         fontsize=10,
@@ -790,7 +773,7 @@ def _finish(
     from broden.dissect.distributed import is_main
 
     res = RotationResult(layer, int(seed), base, rotated, base.directory / "rotation.csv", [])
-    if base.summary["settings"].get("distributed") is None or is_main():
+    if base.summary.settings.distributed is None or is_main():
         _write_rotation_files(res)  # a distributed run's files are rank 0's
     return res
 
@@ -1013,22 +996,21 @@ def unit_transform_from_key(key: str | None) -> ChannelRotation | None:
 def _load_image(
     image: str | os.PathLike[str] | int | np.ndarray,
     store: BrodenStore | str | os.PathLike[str] | None,
-    summary: dict[str, Any],
+    summary: LayerSummary,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(the image as given, the image at the store's size)."""
     from broden.imaging import resize_image
 
-    size = int(summary.get("store", {}).get("image_size") or 0)
+    size = summary.store.image_size
     st: BrodenStore | None = None
     if store is not None:
         from broden.store import BrodenStore, open_store
 
         st = store if isinstance(store, BrodenStore) else open_store(Path(store))
-        fp = summary.get("store", {}).get("fingerprint")
-        if fp and st.fingerprint() != fp:
+        if st.fingerprint() != summary.store.fingerprint:
             warnings.warn(
                 f"the store {st.path} is not the one these results were computed on "
-                f"({summary['store'].get('path')})",
+                f"({summary.store.path})",
                 ExperimentWarning,
                 stacklevel=3,
             )
@@ -1063,8 +1045,6 @@ def _load_image(
         img = np.repeat(img[:, :, None], 3, axis=2)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise DissectError(f"expected an H×W×3 uint8 RGB image, got {img.shape} {img.dtype}")
-    if size <= 0:
-        raise DissectError("the results' summary.json does not record the store's image size")
     return img, resize_image(np.ascontiguousarray(img), size)
 
 
@@ -1192,10 +1172,10 @@ def segment(
     from broden.dissect.tally import threshold_for_dtype
 
     directory = _results_layer(result_dir)
-    summary = _read_summary(directory)
-    rec = summary.get("model") or {}
-    if "spec" not in rec:
-        what = rec.get("activations", "precomputed activations")
+    summary = LayerSummary.read(directory)
+    rec = summary.model
+    if not isinstance(rec, ModelRecord):
+        what = rec.activations
         raise DissectError(
             f"{directory} holds results of precomputed activations ({what}), not of a model: "
             "segmenting runs the model on the image, so it needs results of "
@@ -1203,41 +1183,41 @@ def segment(
         )
     if top is not None and top < 1:
         raise DissectError(f"--top must be at least 1, got {top}")
-    thr_iou = float(summary.get("settings", {}).get("iou_threshold", 0.04))
+    thr_iou = summary.settings.iou_threshold
     min_iou = thr_iou if min_iou is None else float(min_iou)
-    layer = str(summary["layer"])
+    layer = summary.layer
     try:
         thresholds = np.load(directory / "thresholds.npy", allow_pickle=False)
     except (OSError, ValueError) as e:
         raise DissectError(f"{directory}: cannot read thresholds.npy ({e})") from None
     picked = _detector_units(directory, min_iou, top)
-    transform = unit_transform_from_key(summary.get("settings", {}).get("transform"))
+    transform = unit_transform_from_key(summary.settings.transform)
     original, resized = _load_image(image, store, summary)
 
-    spec = model if model is not None else str(rec["spec"])
+    spec = model if model is not None else rec.spec
     if isinstance(spec, str) and spec.startswith("module:"):
         raise DissectError(
             f"{directory} was dissected from an in-memory module ({spec}); pass that module as "
             "segment(..., model=module)"
         )
-    weights = rec.get("weights") if model is None or isinstance(model, str) else None
+    weights = rec.weights if model is None or isinstance(model, str) else None
     if weights is not None and not Path(weights).is_file():
         raise DissectError(
             f"the weights the layer was dissected with, {weights}, are not there (paths are "
             "relative to the folder `broden dissect` ran in)"
         )
     loaded = load_model(spec, weights)
-    if rec.get("fingerprint") and loaded.fingerprint != rec["fingerprint"]:
+    if loaded.fingerprint != rec.fingerprint:
         raise DissectError(
             f"the model loaded from {loaded.spec} (weights {weights}) is not the one that was "
-            f"dissected (fingerprint {loaded.fingerprint} vs {rec['fingerprint']}): its "
+            f"dissected (fingerprint {loaded.fingerprint} vs {rec.fingerprint}): its "
             "thresholds and labels would not apply"
         )
-    mean, std = rec.get("normalize") or [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]
-    norm = Normalization("recorded", tuple(mean), tuple(std))  # type: ignore[arg-type]
+    mean, std = rec.normalize
+    norm = Normalization("recorded", mean, std)
     dev = resolve_device(device)
     module = loaded.module.to(dev)
-    x = preprocess(torch.from_numpy(np.array(resized[None])).to(dev), norm, rec.get("input_size"))
+    x = preprocess(torch.from_numpy(np.array(resized[None])).to(dev), norm, rec.input_size)
     if loaded.batch_size is not None and loaded.batch_size > 1:
         x = torch.cat([x, x.expand(loaded.batch_size - 1, *x.shape[1:])])
     with torch.inference_mode(), LayerCapture(module, [layer]) as cap:
@@ -1247,7 +1227,7 @@ def segment(
             raise
         except Exception as e:
             raise DissectError(f"the model failed on the image ({type(e).__name__}: {e})") from None
-        maps = to_unit_maps(outs[layer], layer, rec.get("layout", "auto"), rec.get("prefix_tokens"))
+        maps = to_unit_maps(outs[layer], layer, rec.layout, rec.prefix_tokens)
         maps = maps[:1]
         if transform is not None:
             maps = transform(maps)

@@ -25,7 +25,6 @@ pass under autocast (float16 on CUDA, bfloat16 on the CPU); the maps are float32
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import time
@@ -68,6 +67,7 @@ from broden.dissect.results import (
     write_layer,
 )
 from broden.dissect.scoring import MODES
+from broden.dissect.summary import LayerSummary
 from broden.dissect.tally import LabelTables, Tally, threshold_for_dtype
 from broden.dissect.thresholds import (
     StreamingTopK,
@@ -467,20 +467,16 @@ class _Run:
         if self.ranks.is_main:
             cached = read_cached(directory, key)
             if cached is not None:
-                found = (cached, json.loads((directory / "summary.json").read_text()))
+                found = (cached, LayerSummary.read(directory))
         found = self.ranks.broadcast(found)
         if found is None:
             return None
         cached, old = found
         extra = self.summary_extra(None, source, key, settings)
         extra["settings"].update(
-            {
-                k: v
-                for k, v in old.get("settings", {}).items()
-                if k in ("quantile_method", "thresholds")
-            }
+            quantile_method=old.settings.quantile_method, thresholds=old.settings.thresholds
         )
-        extra["timings"] = old.get("timings", {})
+        extra["timings"] = dict(old.timings)
         res = write_layer(
             directory,
             name,
@@ -516,9 +512,9 @@ class _Run:
             reused=False,
             write=self.ranks.is_main,
         )
-        res.summary["timings"]["scoring_s"] = round(time.perf_counter() - t0, 3)
+        res.summary.timings["scoring_s"] = round(time.perf_counter() - t0, 3)
         if self.ranks.is_main:
-            (job.directory / "summary.json").write_text(json.dumps(res.summary, indent=2))
+            res.summary.write(job.directory)
         return res
 
     def run_passes(

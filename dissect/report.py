@@ -56,6 +56,13 @@ import numpy as np
 
 from broden.adapters.categories import category_colors
 from broden.dissect.errors import DissectError
+from broden.dissect.summary import (
+    ActivationsRecord,
+    CategoryDetectors,
+    ConceptsRecord,
+    LayerSummary,
+    ModelRecord,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -95,7 +102,7 @@ class LayerResults:
 
     name: str
     directory: Path
-    summary: dict[str, Any]
+    summary: LayerSummary
     units: list[UnitRow]
     concepts: dict[tuple[str, str], int]  # (name, category) -> concept id
     thresholds: np.ndarray
@@ -104,15 +111,16 @@ class LayerResults:
 
     @property
     def iou_threshold(self) -> float:
-        return float(self.summary["settings"]["iou_threshold"])
+        return self.summary.settings.iou_threshold
 
     @property
     def detectors(self) -> int:
-        return int(self.summary["detectors"])
+        return self.summary.detectors
 
     @property
     def unique(self) -> dict[str, int]:
-        return dict(self.summary["unique_detectors"])
+        u = self.summary.unique_detectors
+        return {"top_label": u.top_label, "per_category": u.per_category}
 
 
 def _natural_key(name: str) -> list[Any]:
@@ -136,13 +144,9 @@ def find_layers(out: Path) -> list[Path]:
 def read_layer(directory: Path) -> LayerResults:
     """One layer's results; :class:`DissectError` naming the file that is missing or
     unreadable."""
-    current = directory / "summary.json"
+    summary = LayerSummary.read(directory)
+    current = directory / "units.csv"
     try:
-        summary = json.loads(current.read_text())
-        for key in ("layer", "settings", "store", "model", "detectors", "unique_detectors"):
-            if key not in summary:
-                raise KeyError(key)
-        current = directory / "units.csv"
         with open(current, newline="") as f:
             units = [
                 UnitRow(int(r["unit"]), r["label"], r["category"], float(r["iou"]))
@@ -172,7 +176,7 @@ def read_layer(directory: Path) -> LayerResults:
             f"{top_indices.shape[0]}; the folder mixes files of different runs"
         )
     return LayerResults(
-        str(summary["layer"]),
+        summary.layer,
         directory,
         summary,
         units,
@@ -435,11 +439,12 @@ class _Job:
 
 
 def _rerun_key(job: _Job) -> str:
-    amp = bool(job.layer.summary["settings"].get("amp"))
+    s = job.layer.summary
     return json.dumps(
-        {"model": job.layer.summary["model"], "store": str(job.store.path), "amp": amp},
+        {"model": s.model.model_dump(mode="json"), "store": str(job.store.path),
+         "amp": s.settings.amp},
         sort_keys=True,
-    )
+    )  # fmt: skip
 
 
 def _gather(
@@ -504,10 +509,11 @@ def _model_maps(
     from broden.dissect.models import Normalization, autocast, load_model, preprocess
 
     first = jobs[0]
-    src = first.layer.summary["model"]
-    spec, weights = src.get("spec"), src.get("weights")
+    src = first.layer.summary.model
+    assert isinstance(src, ModelRecord)
+    spec, weights = src.spec, src.weights
     hint = "; pass --no-masks (masks=False) to write the report without unit masks"
-    if spec is None or str(spec).startswith("module:"):
+    if spec.startswith("module:"):
         for j in jobs:
             j.notes.append(
                 f"unit masks not drawn: the model ({spec}) was given as a Python object, "
@@ -525,27 +531,18 @@ def _model_maps(
         raise DissectError(
             f"layer {first.layer.name}: the dissected model no longer loads ({e}){hint}"
         ) from None
-    if loaded.fingerprint != src.get("fingerprint"):
+    if loaded.fingerprint != src.fingerprint:
         raise DissectError(
             f"layer {first.layer.name}: the model {spec}"
             f"{f' with weights {weights}' if weights else ''} loads but is not the one "
-            f"dissected (fingerprint {loaded.fingerprint}, recorded {src.get('fingerprint')}): "
+            f"dissected (fingerprint {loaded.fingerprint}, recorded {src.fingerprint}): "
             f"its code or weights changed since{hint}"
         )
-    if "normalize" not in src:
-        raise DissectError(
-            f"layer {first.layer.name}: summary.json records no input normalisation for the "
-            f"model{hint}"
-        )
-    mean, std = src["normalize"]
-    norm = Normalization(
-        str(first.layer.summary["settings"].get("normalize", "recorded")),
-        tuple(mean),  # type: ignore[arg-type]
-        tuple(std),  # type: ignore[arg-type]
-    )
-    size = src.get("input_size")
-    layout, prefix = src.get("layout", "auto"), src.get("prefix_tokens")
-    amp = bool(first.layer.summary["settings"].get("amp"))
+    mean, std = src.normalize
+    norm = Normalization(first.layer.summary.settings.normalize or "recorded", mean, std)
+    size = src.input_size
+    layout, prefix = src.layout, src.prefix_tokens
+    amp = first.layer.summary.settings.amp
     dev = resolve_device(device)
     module = loaded.module.to(dev)
     names = list(dict.fromkeys(j.layer.name for j in jobs))
@@ -588,9 +585,10 @@ def _activation_maps(job: _Job, transforms: Mapping[str, UnitTransform]) -> None
     from broden.dissect.hooks import to_unit_maps
     from broden.dissect.pipeline import activation_fingerprint, open_activations
 
-    src = job.layer.summary["model"]
-    path = src.get("activations")
-    if not path or path == "array":
+    src = job.layer.summary.model
+    assert isinstance(src, ActivationsRecord)
+    path = src.activations
+    if path == "array":
         job.notes.append(
             "unit masks not drawn: the activations were given as an array in memory, "
             "not a file the report can read"
@@ -600,7 +598,7 @@ def _activation_maps(job: _Job, transforms: Mapping[str, UnitTransform]) -> None
         job.notes.append(f"unit masks not drawn: the activation file {path} is no longer there")
         return
     acts, p = open_activations(path)
-    if activation_fingerprint(acts, p) != src.get("fingerprint"):
+    if activation_fingerprint(acts, p) != src.fingerprint:
         job.notes.append(
             f"unit masks not drawn: the activation file {path} changed since the dissection"
         )
@@ -609,7 +607,7 @@ def _activation_maps(job: _Job, transforms: Mapping[str, UnitTransform]) -> None
     name = job.layer.name
     for i in sorted(pairs):
         row = torch.from_numpy(np.array(acts[i : i + 1]))
-        m = to_unit_maps(row, name, src.get("layout", "auto"), src.get("prefix_tokens"))
+        m = to_unit_maps(row, name, src.layout, src.prefix_tokens)
         m = _apply_transform(transforms.get(name), m, name)
         if job.maps is None:
             _alloc(job, m)
@@ -659,12 +657,12 @@ def _open_store(path: str | os.PathLike[str], layer: LayerResults, given: bool) 
 
 
 def _check_store(store: BrodenStore, layer: LayerResults) -> None:
-    rec = layer.summary["store"]
+    rec = layer.summary.store
     fp = store.fingerprint()
-    if rec.get("fingerprint") != fp:
+    if rec.fingerprint != fp:
         raise DissectError(
             f"layer {layer.name}: the store {store.path} is not the one dissected "
-            f"(fingerprint {fp}, recorded {rec.get('fingerprint')} for {rec.get('path')}); "
+            f"(fingerprint {fp}, recorded {rec.fingerprint} for {rec.path}); "
             "its top-image numbers would point at other images. Pass the dissected store "
             "with --store"
         )
@@ -689,7 +687,7 @@ def _layer_context(
     directory.mkdir(parents=True, exist_ok=True)
     s = layer.summary
     store_cats = [c.name for c in job.store.categories]
-    cats = list(s["concepts"].get("categories") or store_cats)
+    cats = list(s.concepts.categories or store_cats)
     colors = category_colors(list(dict.fromkeys(BAR_ORDER + tuple(cats))))
     chart = directory / "detectors.svg"
     has_chart = bar_chart(layer, chart, colors, BAR_ORDER + tuple(cats))
@@ -758,19 +756,22 @@ def _layer_context(
         render(chunk, tiles, concepts)
         bar.update(len(chunk))
     bar.close()
-    per_cat = s.get("per_category", {})
+    none = CategoryDetectors(
+        detectors=0, unique_top_label=0, units_over_threshold=0, unique_per_category=0
+    )
     categories = [
         {
             "name": c,
             "color": colors.get(c, "#777777"),
-            "detectors": per_cat.get(c, {}).get("detectors", 0),
-            "unique": per_cat.get(c, {}).get("unique_top_label", 0),
-            "unique_per_category": per_cat.get(c, {}).get("unique_per_category", 0),
+            "detectors": s.per_category.get(c, none).detectors,
+            "unique": s.per_category.get(c, none).unique_top_label,
+            "unique_per_category": s.per_category.get(c, none).unique_per_category,
         }
         for c in sorted(cats, key=lambda c: BAR_ORDER.index(c) if c in BAR_ORDER else 99)
     ]
-    model = s["model"]
-    settings = s["settings"]
+    model, settings = s.model, s.settings
+    is_model = isinstance(model, ModelRecord)
+    weights = model.weights if isinstance(model, ModelRecord) else None
     return {
         "id": f"layer-{idx}",
         "name": layer.name,
@@ -786,35 +787,33 @@ def _layer_context(
         "k": job.k,
         "masks": job.maps is not None,
         "notes": job.notes,
-        "source": model.get("spec") or model.get("activations") or "",
-        "source_kind": "model" if "spec" in model else "activations",
-        "weights": model.get("weights"),
-        "random_weights": has_random_weights(model.get("spec"), model.get("weights")),
-        "store": s["store"].get("path", ""),
-        "images": s["store"].get("images"),
-        "shape": "×".join(str(v) for v in s.get("activation_shape", [])),
+        "source": model.spec if isinstance(model, ModelRecord) else model.activations,
+        "source_kind": "model" if is_model else "activations",
+        "weights": weights,
+        "random_weights": is_model and has_random_weights(s.source, weights),
+        "store": s.store.path,
+        "images": s.store.images,
+        "shape": "×".join(str(v) for v in s.activation_shape),
         "settings": {
-            "quantile": settings.get("quantile"),
-            "thresholds": settings.get("thresholds"),
-            "quantile method": settings.get("quantile_method"),
-            "unit area": settings.get("unit_area"),
+            "quantile": settings.quantile,
+            "thresholds": settings.thresholds,
+            "quantile method": settings.quantile_method,
+            "unit area": settings.unit_area,
             "IoU threshold": f"{t:g}",
-            "normalize": settings.get("normalize"),
-            "input size": settings.get("input_size"),
-            "transform": settings.get("transform"),
-            "sources": ", ".join(settings.get("sources") or []) or "all",
-            "concepts": _concept_set(s.get("concepts") or {}),
-            "amp": "on" if settings.get("amp") else "off",
+            "normalize": settings.normalize,
+            "input size": settings.input_size,
+            "transform": settings.transform,
+            "sources": ", ".join(settings.sources or []) or "all",
+            "concepts": _concept_set(s.concepts),
+            "amp": "on" if settings.amp else "off",
         },
     }
 
 
-def _concept_set(c: dict[str, Any]) -> str:
+def _concept_set(c: ConceptsRecord) -> str:
     """The concept selection of a run, as the report's settings table shows it."""
-    if not c:
-        return "recorded"
-    fp = f" (set {c['fingerprint']})" if c.get("fingerprint") else ""
-    return f"{c.get('selection', 'all')}: {c.get('count', '?')} concepts{fp}"
+    fp = f" (set {c.fingerprint})" if c.fingerprint else ""
+    return f"{c.selection}: {c.count} concepts{fp}"
 
 
 def write_report(
@@ -857,7 +856,7 @@ def write_report(
         if isinstance(store, BrodenStore):
             st = store
         else:
-            path = str(store if store is not None else la.summary["store"]["path"])
+            path = str(store if store is not None else la.summary.store.path)
             if path not in stores:
                 stores[path] = _open_store(path, la, store is not None)
             st = stores[path]
@@ -873,7 +872,7 @@ def write_report(
     # unit maps of the shown images: one re-run per (model, store), or the activation file
     groups: dict[str, list[_Job]] = {}
     for j in jobs:
-        transform = j.layer.summary["settings"].get("transform")
+        transform = j.layer.summary.settings.transform
         if not masks:
             j.notes.append("unit masks not drawn (masks turned off)")
         elif transform and j.layer.name not in transforms:
@@ -881,7 +880,7 @@ def write_report(
                 f"unit masks not drawn: the layer was dissected through the unit transform "
                 f"{transform!r}, which the report was not given"
             )
-        elif "activations" in j.layer.summary["model"]:
+        elif isinstance(j.layer.summary.model, ActivationsRecord):
             _activation_maps(j, transforms)
         else:
             groups.setdefault(_rerun_key(j), []).append(j)

@@ -37,10 +37,11 @@ from typing import Any
 import numpy as np
 
 from broden.dissect.concepts import ConceptSelection
+from broden.dissect.errors import DissectError
 from broden.dissect.scoring import Scores, detector_summary, iou_matrix, score
+from broden.dissect.summary import SUMMARY, LayerSummary
 
 RESULTS_VERSION = 1
-SUMMARY = "summary.json"
 COUNT_FILES = ("counts.npz", "thresholds.npy", "topk.npz")
 
 
@@ -87,7 +88,7 @@ class DissectionResult:
     scores: Scores
     top_indices: np.ndarray
     top_values: np.ndarray
-    summary: dict[str, Any]
+    summary: LayerSummary
     reused: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -97,14 +98,15 @@ class DissectionResult:
 
     @property
     def detectors(self) -> int:
-        return int(self.summary["detectors"])
+        return self.summary.detectors
 
     @property
     def unique_detectors(self) -> dict[str, int]:
-        return dict(self.summary["unique_detectors"])
+        u = self.summary.unique_detectors
+        return {"top_label": u.top_label, "per_category": u.per_category}
 
     def headline(self) -> str:
-        t = self.summary["settings"]["iou_threshold"]
+        t = self.summary.settings.iou_threshold
         u = self.unique_detectors
         return (
             f"{self.layer}: {self.detectors} of {self.units} units are detectors of "
@@ -132,10 +134,10 @@ def read_cached(directory: Path, key: str) -> LayerCounts | None:
     """The counts stored in ``directory`` if its summary holds ``key`` and its files are
     all there; None otherwise."""
     try:
-        summary = json.loads((directory / SUMMARY).read_text())
-    except (OSError, ValueError):
+        summary = LayerSummary.read(directory)
+    except DissectError:
         return None
-    if summary.get("cache_key") != key or not all((directory / f).is_file() for f in COUNT_FILES):
+    if summary.cache_key != key or not all((directory / f).is_file() for f in COUNT_FILES):
         return None
     try:
         with np.load(directory / "counts.npz", allow_pickle=False) as z:
@@ -145,8 +147,7 @@ def read_cached(directory: Path, key: str) -> LayerCounts | None:
         thr = np.load(directory / "thresholds.npy", allow_pickle=False)
     except (OSError, ValueError, KeyError):
         return None
-    shape = tuple(summary.get("activation_shape", (0, 0)))
-    return LayerCounts(counts, thr, idx, val, (int(shape[0]), int(shape[1])))
+    return LayerCounts(counts, thr, idx, val, summary.activation_shape)
 
 
 def _f(x: float) -> str:
@@ -175,18 +176,15 @@ def write_layer(
     concept_cats = [cats[k] for k in selection.concept_category]
     iou = iou_matrix(data.counts, selection.concept_category, mode)
     scores = score(iou, selection.concept_category, len(cats))
-    summary = {
+    doc = {
         "layer": layer,
         **summary_extra,
         **detector_summary(scores, names, cats, iou_threshold),
         "activation_shape": list(data.shape),
         "reused": reused,
     }
-    summary["settings"] = {
-        **summary.get("settings", {}),
-        "unit_area": mode,
-        "iou_threshold": iou_threshold,
-    }
+    doc["settings"] = {**doc.get("settings", {}), "unit_area": mode, "iou_threshold": iou_threshold}
+    summary = LayerSummary.model_validate(doc)
     if write:
         _write_files(directory, data, selection, iou, scores, mode, legacy_csv, reused, summary)
     return DissectionResult(
@@ -214,7 +212,7 @@ def _write_files(
     mode: str,
     legacy_csv: bool,
     reused: bool,
-    summary: dict[str, Any],
+    summary: LayerSummary,
 ) -> None:
     cats, names = selection.categories, selection.names
     concept_cats = [cats[k] for k in selection.concept_category]
@@ -260,7 +258,7 @@ def _write_files(
 
     if legacy_csv:
         write_legacy_csv(directory / "tally.csv", data.counts, iou, scores, selection, mode)
-    (directory / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=False))
+    summary.write(directory)
 
 
 def write_legacy_csv(

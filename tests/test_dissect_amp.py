@@ -45,8 +45,8 @@ def test_amp_on_the_cpu_stays_close_to_float32(tiny, tmp_path):
         assert np.abs(a.thresholds - b.thresholds).max() <= 0.06 * scale
         assert np.median(np.abs(a.thresholds - b.thresholds)) <= 0.02 * scale
         assert np.abs(a.iou - b.iou).max() < 0.1
-        assert a.summary["settings"]["amp"] is False and b.summary["settings"]["amp"] is True
-        assert a.summary["cache_key"] != b.summary["cache_key"]
+        assert a.summary.settings.amp is False and b.summary.settings.amp is True
+        assert a.summary.cache_key != b.summary.cache_key
 
 
 def test_amp_is_in_the_cache_key_and_on_the_command_line(tiny, tmp_path):

@@ -28,7 +28,7 @@ def test_cuda_counts_equal_cpu_counts(tiny, tmp_path, dtype, method):
     kw = dict(quantile=0.05, quantile_method=method, batch_size=6, progress=False)
     cpu = score_activations(tiny.path, acts, out=tmp_path / "cpu", device="cpu", **kw)
     gpu = score_activations(tiny.path, acts, out=tmp_path / "gpu", device="cuda", **kw)
-    assert gpu.summary["settings"]["device"].startswith("cuda")
+    assert gpu.summary.settings.device.startswith("cuda")
     np.testing.assert_array_equal(cpu.thresholds, gpu.thresholds)
     for k in cpu.counts:
         np.testing.assert_array_equal(cpu.counts[k], gpu.counts[k])
@@ -56,7 +56,7 @@ def test_cuda_dissection_matches_cpu_scoring_of_its_activations(tiny, tmp_path):
         batch_size=5,
         progress=False,
     )["layer2"]
-    assert res.units == 128 and res.summary["settings"]["device"].startswith("cuda")
+    assert res.units == 128 and res.summary.settings.device.startswith("cuda")
     parts = []
     with torch.inference_mode(), LayerCapture(model, ["layer2"]) as cap:
         for a in range(0, tiny.n, 5):  # the store's shards hold 5 images: the same batches
@@ -88,7 +88,7 @@ def test_cuda_amp_is_float16_and_off_by_default(tiny, tmp_path):
     kw = dict(device="cuda", workers=0, quantile=0.05, batch_size=5, progress=False)
     fp32 = dissect(tiny.path, model, ["layer1"], out=tmp_path / "fp32", **kw)["layer1"]
     amp = dissect(tiny.path, model, ["layer1"], out=tmp_path / "amp", amp=True, **kw)["layer1"]
-    assert fp32.summary["settings"]["amp"] is False and amp.summary["settings"]["amp"] is True
+    assert fp32.summary.settings.amp is False and amp.summary.settings.amp is True
     got: list[torch.dtype] = []
     hook = model.layer1.register_forward_hook(lambda m, i, o: got.append(o.dtype))
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):

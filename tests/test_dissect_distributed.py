@@ -107,7 +107,7 @@ def test_two_ranks_from_the_command_line_write_what_one_process_writes(stores, t
         s = json.loads((out / la / "summary.json").read_text())
         assert s["settings"]["distributed"] == {"world_size": 2, "backend": "gloo"}
         assert s["settings"]["passes"] == 1
-        assert s["cache_key"] == ref[la].summary["cache_key"]
+        assert s["cache_key"] == ref[la].summary.cache_key
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dist", "one"]
 
 
@@ -188,8 +188,8 @@ def test_one_rank_is_a_single_process(stores, tmp_path, one_rank_env):
     one = score_activations(stores["uneven"], acts, out=tmp_path / "a", **kw)
     dist = score_activations(stores["uneven"], acts, out=tmp_path / "b", distributed=True, **kw)
     same_files(one.directory, dist.directory)
-    assert dist.summary["settings"]["distributed"] == {"world_size": 1, "backend": "gloo"}
-    assert one.summary["settings"]["distributed"] is None
+    assert dist.summary.settings.model_dump()["distributed"] == {"world_size": 1, "backend": "gloo"}
+    assert one.summary.settings.distributed is None
 
 
 def test_without_torchrun_the_message_says_how_to_launch(stores, tmp_path, monkeypatch):

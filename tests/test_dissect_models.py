@@ -133,7 +133,7 @@ def test_transformer_tokens_end_to_end(tiny, tmp_path):
         normalize="none",
         progress=False,
     )["block"]
-    assert res.units == 6 and res.summary["activation_shape"] == [4, 4]  # 32 px / 8
+    assert res.units == 6 and res.summary.activation_shape == (4, 4)  # 32 px / 8
     with torch.inference_mode():
         x = torch.from_numpy(tiny.images).permute(0, 3, 1, 2).float() / 255
         tokens = model(x)
@@ -177,7 +177,7 @@ def test_torch_export_models_keep_their_layer_names(tiny, tmp_path):
         quantile=0.1,
         progress=False,
     )["features.2"]
-    assert got.summary["settings"]["batch_size"] == 4
+    assert got.summary.settings.batch_size == 4
     np.testing.assert_allclose(got.thresholds, want.thresholds, rtol=1e-5)
     np.testing.assert_allclose(got.iou, want.iou, atol=0.02)
 
@@ -223,5 +223,5 @@ def test_input_size_resizes_images_for_the_model(tiny, tmp_path):
     model = SmallConv().eval()
     r = dissect(tiny.path, model, ["features.2"], out=tmp_path, input_size=64, workers=0,
                 quantile=0.1, progress=False)["features.2"]  # fmt: skip
-    assert r.summary["activation_shape"] == [16, 16]  # 64 px through two stride-2 convs
-    assert r.summary["settings"]["input_size"] == 64
+    assert r.summary.activation_shape == (16, 16)  # 64 px through two stride-2 convs
+    assert r.summary.settings.input_size == 64

@@ -190,8 +190,8 @@ def test_one_and_two_forward_passes_agree(store_path, run, tmp_path):
         top_k=5,
         progress=False,
     )["layer4"]
-    assert two.summary["settings"]["passes"] == 2
-    assert res["layer4"].summary["settings"]["passes"] == 1
+    assert two.summary.settings.passes == 2
+    assert res["layer4"].summary.settings.passes == 1
     for k, v in res["layer4"].counts.items():
         np.testing.assert_array_equal(two.counts[k], v)
 
@@ -213,7 +213,7 @@ def test_cache_reuses_only_what_the_same_key_made(store_path, tmp_path):
     loose = dissect(store_path, "dissect.zoo:resnet18", ["layer3"], iou_threshold=0.001, **kw)[
         "layer3"
     ]
-    assert loose.reused and loose.summary["settings"]["iou_threshold"] == 0.001
+    assert loose.reused and loose.summary.settings.iou_threshold == 0.001
     assert loose.detectors == int((first.iou.max(axis=1) > 0.001).sum())
     # a setting that changes counts recomputes
     q = dissect(store_path, "dissect.zoo:resnet18", ["layer3"], quantile=0.01, **kw)["layer3"]
@@ -244,7 +244,7 @@ def test_unit_transform_is_applied_before_thresholds(store_path, tmp_path, activ
     a = -activations["layer3"][:, perm.numpy()]
     want = np.quantile(a.transpose(1, 0, 2, 3).reshape(256, -1), 0.995, axis=1)
     np.testing.assert_allclose(r.thresholds, want, rtol=1e-6, atol=1e-6)
-    assert r.summary["settings"]["transform"] == "flip-perm0"
+    assert r.summary.settings.transform == "flip-perm0"
     plain = dissect(
         store_path, "dissect.zoo:resnet18", ["layer3"], out=tmp_path, workers=0, progress=False
     )["layer3"]
@@ -276,4 +276,4 @@ def test_given_thresholds_take_one_pass_and_are_used(store_path, run, tmp_path):
     for la in LAYERS:
         np.testing.assert_array_equal(r[la].thresholds, res[la].thresholds)
         np.testing.assert_array_equal(r[la].counts["intersection"], res[la].counts["intersection"])
-        assert r[la].summary["settings"]["thresholds"] == "given"
+        assert r[la].summary.settings.thresholds == "given"

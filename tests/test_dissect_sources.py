@@ -90,8 +90,8 @@ def test_a_selection_scores_like_a_store_of_those_images(stores, tmp_path):
     rows = score_activations(both, acts[OLD], out=tmp_path / "rows", sources=["old"], **kw)
     assert np.array_equal(rows.iou, sel.iou)
     s = sel.summary
-    assert s["settings"]["sources"] == ["old"]
-    assert s["store"]["images"] == N and s["store"]["dissected_images"] == len(OLD)
+    assert s.settings.sources == ["old"]
+    assert s.store.images == N and s.store.dissected_images == len(OLD)
 
 
 def test_old_sources_of_an_extended_store_give_the_old_results(tmp_path):
@@ -141,9 +141,9 @@ def test_sources_are_in_the_cache_key(stores, tmp_path):
     assert not c.reused and np.array_equal(c.iou, a.iou)
     assert score_activations(both, acts, sources=["old"], **kw).reused
     assert (
-        a.summary["cache_key"]
-        != b.summary["cache_key"]
-        == score_activations(both, acts, sources=None, **kw).summary["cache_key"]
+        a.summary.cache_key
+        != b.summary.cache_key
+        == score_activations(both, acts, sources=None, **kw).summary.cache_key
     )
 
 

@@ -230,7 +230,7 @@ def test_full_rotation_of_planted_detectors_lowers_unique_detectors(planted):
     full = res.rotated[1.0]
     assert full.directory == out / ROTATED_DIR / "seed7-alpha1.0" / "conv"
     assert full.unique_detectors["top_label"] <= base.unique_detectors["top_label"] // 2
-    assert full.summary["settings"]["transform"] == rotation_key(7, 1.0)
+    assert full.summary.settings.transform == rotation_key(7, 1.0)
     rows = read_csv(out / "conv" / "rotation.csv")
     assert [(r["basis"], float(r["alpha"])) for r in rows] == [
         ("unrotated", 0.0), ("rotated", 0.0), ("rotated", 1.0),
@@ -285,7 +285,7 @@ def test_rotation_of_a_model_layer(painted, tmp_path):
         assert r.unrotated.directory == tmp_path / la
         same_counts(r.unrotated.directory, r.rotated[0.0].directory)
         assert (tmp_path / la / "rotation.csv").is_file()
-        assert r.rotated[1.0].summary["model"]["spec"] == MODEL
+        assert r.rotated[1.0].summary.model.spec == MODEL
     # segmenting with rotated results re-applies the recorded rotation
     seg0 = segment(1, tmp_path / "mix", store=ts.path)
     seg_r0 = segment(1, rotation_dir(tmp_path, 1, 0.0) / "mix", store=ts.path)
@@ -345,7 +345,7 @@ def test_compare_names_series_and_rescores_at_another_iou_threshold(painted, tmp
     assert (same.detectors, same.unique_top_label, same.unique_per_category) == (
         s["detectors"], s["unique_detectors"]["top_label"], s["unique_detectors"]["per_category"],
     )  # fmt: skip
-    assert same.per_category == s["per_category"]
+    assert {c: v.model_dump() for c, v in same.per_category.items()} == s["per_category"]
     # the same layer twice gets distinct labels
     twice = compare([out / "mix", out / "mix"], tmp_path / "cmp3")
     assert len({s.label for s in twice.series}) == 2
@@ -493,7 +493,7 @@ def test_rotation_and_segmentation_on_cuda(painted, planted, tmp_path):
         pts.path, None, "conv", 7, (0.0, 1.0), out=tmp_path, activations=acts, quantile=0.03,
         device="cuda", progress=False,
     )  # fmt: skip
-    assert res.rotated[1.0].summary["settings"]["device"].startswith("cuda")
+    assert res.rotated[1.0].summary.settings.device.startswith("cuda")
     same_counts(res.unrotated.directory, res.rotated[0.0].directory)
 
 

@@ -1,0 +1,202 @@
+"""``summary.json``, typed: what a dissected layer records about how it was made and what
+it found. Written through :class:`LayerSummary` by the dissection and read back through it
+by everything that reads a results folder (``broden report``, ``compare``, ``segment``, the
+results cache), so a missing, renamed, truncated or tampered key is one clear error
+naming the file, never a ``KeyError`` deep inside.
+
+The document (keys in this order; keys a run does not use are left out)::
+
+    layer, cache_key
+    settings     quantile, quantile_method, thresholds (given | computed), top_images, top_k,
+                 batch_size, device, sources, distributed, normalize, input_size, layout,
+                 prefix_tokens, workers, cache_activations, amp, transform, passes,
+                 unit_area, iou_threshold
+    store        path, fingerprint, images, dissected_images, image_size, label_size
+    concepts     selection, fingerprint, count, categories
+    model        spec, weights, fingerprint, input_size, normalize ([mean, std]), layout,
+                 prefix_tokens                                     (a model), or
+                 activations, fingerprint, layout, prefix_tokens   (precomputed activations)
+    timings      seconds per phase
+    units, detectors, unique_detectors {top_label, per_category},
+    per_category {<category>: detectors, unique_top_label, units_over_threshold,
+                  unique_per_category}, top_labels, activation_shape, reused
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from broden.dissect.errors import DissectError
+
+#: the file name of a layer's summary
+SUMMARY = "summary.json"
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Distributed(_Record):
+    world_size: int
+    backend: str
+
+
+class RunSettings(_Record):
+    """How the layer was dissected (``settings``)."""
+
+    quantile: float
+    quantile_method: str | None = None  # None: the thresholds were given
+    thresholds: Literal["given", "computed"]
+    top_images: int
+    top_k: int
+    batch_size: int
+    device: str
+    sources: list[str] | None = None
+    distributed: Distributed | None = None
+    normalize: str | None = None
+    input_size: int | None = None
+    layout: str = "auto"
+    prefix_tokens: int | None = None
+    workers: int = 0
+    cache_activations: str | None = None
+    amp: bool = False
+    transform: str | None = None
+    passes: int | None = None
+    unit_area: str
+    iou_threshold: float
+
+
+class StoreRecord(_Record):
+    """The dissected store (``store``)."""
+
+    path: str
+    fingerprint: str
+    images: int
+    dissected_images: int
+    image_size: int
+    label_size: int
+
+
+class ConceptsRecord(_Record):
+    """The scored concepts (``concepts``)."""
+
+    selection: str
+    fingerprint: str = ""
+    count: int
+    categories: list[str]
+
+
+class ModelRecord(_Record):
+    """A model's run (``model``): what loads it again and how its input was made."""
+
+    spec: str
+    weights: str | None = None
+    fingerprint: str
+    input_size: int | None = None
+    normalize: tuple[tuple[float, float, float], tuple[float, float, float]]
+    layout: str = "auto"
+    prefix_tokens: int | None = None
+
+
+class ActivationsRecord(_Record):
+    """Precomputed activations (``model``): the file (or ``array``) and its fingerprint."""
+
+    activations: str
+    fingerprint: str
+    layout: str = "auto"
+    prefix_tokens: int | None = None
+
+
+class UniqueDetectors(_Record):
+    top_label: int
+    per_category: int
+
+
+class CategoryDetectors(_Record):
+    detectors: int
+    unique_top_label: int
+    units_over_threshold: int
+    unique_per_category: int
+
+
+class Detectors(_Record):
+    """The detector numbers of a layer at one IoU threshold
+    (:func:`broden.dissect.scoring.detector_summary`)."""
+
+    units: int
+    detectors: int
+    unique_detectors: UniqueDetectors
+    per_category: dict[str, CategoryDetectors]
+    top_labels: list[str]
+
+
+class LayerSummary(_Record):
+    """One dissected layer's ``summary.json``."""
+
+    layer: str
+    cache_key: str
+    settings: RunSettings
+    store: StoreRecord
+    concepts: ConceptsRecord
+    model: ModelRecord | ActivationsRecord
+    timings: dict[str, float] = {}
+    units: int
+    detectors: int
+    unique_detectors: UniqueDetectors
+    per_category: dict[str, CategoryDetectors]
+    top_labels: list[str]
+    activation_shape: tuple[int, int]
+    reused: bool = False
+
+    @property
+    def source(self) -> str:
+        """The model spec, or the activation file's name (``activations`` for an array)."""
+        if isinstance(self.model, ModelRecord):
+            return self.model.spec
+        act = self.model.activations
+        return Path(act).name if act != "array" else "activations"
+
+    def detector_numbers(self) -> Detectors:
+        """The detector part of the summary."""
+        return Detectors.model_validate(
+            self.model_dump(include=set(Detectors.model_fields), mode="json")
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json", exclude_unset=True), indent=2)
+
+    def write(self, directory: Path) -> Path:
+        """Write ``directory/summary.json``."""
+        path = directory / SUMMARY
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def read(cls, directory: Path) -> LayerSummary:
+        """``directory/summary.json``; :class:`DissectError` naming the file and the first
+        problem when it is missing, not JSON, or not a dissection summary."""
+        path = directory / SUMMARY
+        try:
+            data: Any = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DissectError(
+                f"{directory}: no {SUMMARY} (not a dissected layer folder)"
+            ) from None
+        except (OSError, ValueError) as e:
+            raise DissectError(
+                f"{directory}: cannot read {SUMMARY} ({type(e).__name__}: {e}); re-run "
+                "`broden dissect` for this layer"
+            ) from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "(document)"
+            raise DissectError(
+                f"{directory}: cannot read {SUMMARY}: it is not a dissection summary "
+                f"({where}: {err['msg']}); re-run `broden dissect` for this layer"
+            ) from None
