@@ -90,15 +90,10 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
-from broden.adapters.base import (
-    Adapter,
-    AdapterOptions,
-    SampleError,
-    SourceError,
-    SourceSample,
-)
+from broden.adapters.base import Adapter, AdapterOptions, SourceSample
 from broden.adapters.categories import Kind, category_sort_key
 from broden.adapters.decode import read_image, read_png_rgb, require_same_size
+from broden.adapters.errors import SampleError, SourceError
 from broden.adapters.layers import paint_layers
 
 #: what a Broden category name may look like (it names the store's ``pixel/<category>``)

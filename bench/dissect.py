@@ -61,6 +61,7 @@ from broden.dissect.concepts import select_concepts
 from broden.dissect.data import StoreBatches, iterate
 from broden.dissect.hooks import LayerCapture
 from broden.dissect.models import load_model, parse_normalize, preprocess
+from broden.dissect.settings import DissectSettings as S
 from broden.dissect.synthetic import random_store
 from broden.dissect.tally import LabelTables, Tally, threshold_for_dtype
 from broden.store import BrodenStore, open_store
@@ -264,12 +265,14 @@ def main() -> None:
                         store,
                         model,
                         [layer],
+                        S(
+                            batch_size=args.batch_size,
+                            workers=args.workers,
+                            cache_activations=mode,
+                            force=True,
+                            progress=False,
+                        ),
                         out=out,
-                        batch_size=args.batch_size,
-                        workers=args.workers,
-                        cache_activations=mode,
-                        force=True,
-                        progress=False,
                     )[layer]
                     dt = time.perf_counter() - t
                     if best is None or dt < best[0]:

@@ -6,7 +6,7 @@ torch is imported when a command runs."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -23,10 +23,6 @@ ALPHA_HELP = (
     "with --rotate: rotation power along the geodesic from the identity (0) to the full "
     "rotation (1); repeat for several (default 1.0)"
 )
-
-
-def _concept_args(values: list[str] | None) -> list[str] | None:
-    return [v for v in values or [] if v.strip()] or None
 
 
 DISTRIBUTED_HELP = (
@@ -145,93 +141,45 @@ def dissect_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Dissect layers of a model (or precomputed activations) against STORE."""
-    from broden.dissect.errors import DissectError
+    from broden.dissect.dispatch import run_dissection
+    from broden.dissect.settings import DissectSettings, parse_size
 
-    if alpha and rotate is None:
-        raise DissectError("--alpha needs --rotate SEED")
-    if amp and activations is not None:
-        raise DissectError("--amp applies to a model's forward pass, not to --activations")
-    rotations: list[Any] = []
-
-    common: dict[str, Any] = dict(
-        out=out,
-        concepts=_concept_args(concepts),
+    settings = DissectSettings(
+        concepts=tuple(concepts or ()),
+        sources=tuple(sources or ()),
         quantile=quantile,
         quantile_method=quantile_method,
         unit_area=unit_area,
         iou_threshold=iou_threshold,
-        batch_size=batch_size,
-        device=device,
         top_k=top_k,
-        legacy_csv=legacy_csv,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        normalize=normalize,
+        input_size=input_size,
+        cache_activations=cache_activations,
+        memory_budget=parse_size(memory_budget),
         layout=layout,
         prefix_tokens=prefix_tokens,
+        amp=amp,
+        legacy_csv=legacy_csv,
         force=force,
         progress=not quiet,
-        sources=_concept_args(sources),
         distributed=distributed,
     )
-    if activations is not None:
-        if model is not None:
-            raise DissectError("give either --model or --activations, not both")
-        if layer and len(layer) > 1:
-            raise DissectError("--activations holds one layer; give at most one --layer")
-        if rotate is not None:
-            from broden.dissect.experiments import run_rotation_activations
-
-            rotations = [
-                run_rotation_activations(
-                    store,
-                    activations,
-                    rotate,
-                    alpha or [1.0],
-                    layer=layer[0] if layer else None,
-                    thresholds=thresholds,
-                    workers=workers,
-                    **common,
-                )
-            ]
-            results = [r.unrotated for r in rotations]
-        else:
-            from broden.dissect.pipeline import score_activations
-
-            results = [
-                score_activations(
-                    store,
-                    activations,
-                    layer=layer[0] if layer else None,
-                    thresholds=thresholds,
-                    workers=workers,
-                    **common,
-                )
-            ]
-    else:
-        if model is None:
-            raise DissectError("give --model SPEC (with --layer NAME) or --activations FILE")
-        if not layer:
-            raise DissectError("name the layers to dissect with --layer (repeatable)")
-        model_args: dict[str, Any] = dict(
-            weights=weights,
-            thresholds=thresholds,
-            workers=workers,
-            normalize=normalize,
-            input_size=input_size,
-            cache_activations=cache_activations,
-            memory_budget=memory_budget,
-            amp=amp,
-            **common,
-        )
-        if rotate is not None:
-            from broden.dissect.experiments import run_rotations
-
-            alphas = alpha or [1.0]
-            by_layer = run_rotations(store, model, layer, rotate, alphas, **model_args)
-            rotations = list(by_layer.values())
-            results = [r.unrotated for r in rotations]
-        else:
-            from broden.dissect.pipeline import dissect
-
-            results = list(dissect(store, model, layer, **model_args).values())
+    done = run_dissection(
+        store,
+        settings,
+        out=out,
+        model=model,
+        activations=activations,
+        layers=layer or [],
+        weights=weights,
+        thresholds=thresholds,
+        rotate=rotate,
+        alphas=alpha,
+    )
+    results, rotations = done.results, done.rotations
     if distributed:
         from broden.dissect.distributed import is_main, shutdown
 

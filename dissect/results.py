@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,32 @@ def layer_dir(out: Path, layer: str) -> Path:
     if safe in (".", ".."):
         safe = safe.replace(".", "_")
     return out / safe
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def layer_dirs(path: str | os.PathLike[str], itself: bool = True) -> list[Path]:
+    """The dissected layer folders of a results folder (``OUT/<layer>/summary.json``), in
+    natural name order (layer2 before layer10); with ``itself``, ``path`` alone when it is
+    a layer folder. :class:`DissectError` when there are none."""
+    p = Path(path)
+    if not p.exists():
+        raise DissectError(f"{p}: no such folder (expected the --out folder of `broden dissect`)")
+    if not p.is_dir():
+        raise DissectError(f"{p}: not a folder (expected a dissect output or layer folder)")
+    if itself and (p / SUMMARY).is_file():
+        return [p]
+    found = [d for d in p.iterdir() if d.is_dir() and (d / SUMMARY).is_file()]
+    if not found:
+        what = "neither a layer folder (with summary.json) nor" if itself else "not"
+        raise DissectError(
+            f"{p} is not a dissection results folder: {what} a folder of layer folders "
+            "(<layer>/summary.json; run `broden dissect STORE --out OUT ...` first and give "
+            "its OUT)"
+        )
+    return sorted(found, key=lambda d: _natural_key(d.name))
 
 
 @dataclass

@@ -2,7 +2,8 @@
 a JSON file (argv[1]) with ``distributed=True``, in order.
 
 Each job is ``{"fn": "dissect" | "score_activations", "args": [...], "kwargs": {...}}``
-(``kwargs["out"]`` is required). Ranks other than 0 get ``out`` with ``.rank<r>``
+(``kwargs["out"]`` is required; ``out`` and ``thresholds`` are the call's, the other
+keywords its :class:`DissectSettings`). Ranks other than 0 get ``out`` with ``.rank<r>``
 appended, so that a file written by them would show there. Every rank saves what it
 got back (IoU, thresholds, top images per layer) to ``<argv[2]>/rank<r>-<job>.npz``.
 """
@@ -18,6 +19,9 @@ import numpy as np
 
 from broden.dissect import dissect, score_activations
 from broden.dissect.distributed import shutdown
+from broden.dissect.settings import DissectSettings
+
+CALL = ("out", "thresholds")
 
 
 def main() -> None:
@@ -28,10 +32,12 @@ def main() -> None:
         kwargs = dict(job["kwargs"], distributed=True)
         if rank > 0:
             kwargs["out"] = f"{kwargs['out']}.rank{rank}"
+        call = {k: v for k, v in kwargs.items() if k in CALL}
+        settings = DissectSettings(**{k: v for k, v in kwargs.items() if k not in CALL})
         if job["fn"] == "dissect":
-            res = dissect(*job["args"], **kwargs)
+            res = dissect(*job["args"], settings, **call)
         else:
-            r = score_activations(*job["args"], **kwargs)
+            r = score_activations(*job["args"], None, settings, **call)
             res = {r.layer: r}
         arrays = {}
         for la, r in res.items():

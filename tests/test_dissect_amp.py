@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from broden.cli import app
 from broden.dissect import dissect
 from broden.dissect.models import autocast
+from broden.dissect.settings import DissectSettings as S
 from tests.dissect_helpers import TinyStore, random_labels_store
 
 MODEL = "dissect.zoo:resnet18"
@@ -32,9 +33,9 @@ def test_autocast_is_bfloat16_on_the_cpu_and_a_no_op_when_off():
 
 
 def test_amp_on_the_cpu_stays_close_to_float32(tiny, tmp_path):
-    kw = dict(quantile=0.05, batch_size=6, workers=0, top_k=3, progress=False)
-    fp32 = dissect(tiny.path, MODEL, LAYERS, out=tmp_path / "fp32", **kw)
-    amp = dissect(tiny.path, MODEL, LAYERS, out=tmp_path / "amp", amp=True, **kw)
+    s = S(quantile=0.05, batch_size=6, workers=0, top_k=3, progress=False)
+    fp32 = dissect(tiny.path, MODEL, LAYERS, s, out=tmp_path / "fp32")
+    amp = dissect(tiny.path, MODEL, LAYERS, s.replace(amp=True), out=tmp_path / "amp")
     for la in LAYERS:
         a, b = fp32[la], amp[la]
         assert b.iou.shape == a.iou.shape and b.thresholds.shape == a.thresholds.shape
@@ -50,11 +51,11 @@ def test_amp_on_the_cpu_stays_close_to_float32(tiny, tmp_path):
 
 
 def test_amp_is_in_the_cache_key_and_on_the_command_line(tiny, tmp_path):
-    kw = dict(quantile=0.05, batch_size=6, workers=0, progress=False, out=tmp_path)
-    fp32 = dissect(tiny.path, MODEL, ["layer1"], **kw)["layer1"]
-    amp = dissect(tiny.path, MODEL, ["layer1"], amp=True, **kw)["layer1"]
+    s = S(quantile=0.05, batch_size=6, workers=0, progress=False)
+    fp32 = dissect(tiny.path, MODEL, ["layer1"], s, out=tmp_path)["layer1"]
+    amp = dissect(tiny.path, MODEL, ["layer1"], s.replace(amp=True), out=tmp_path)["layer1"]
     assert not amp.reused and not np.array_equal(amp.thresholds, fp32.thresholds)
-    again = dissect(tiny.path, MODEL, ["layer1"], **kw)["layer1"]  # float32 again: recomputed
+    again = dissect(tiny.path, MODEL, ["layer1"], s, out=tmp_path)["layer1"]  # fp32: recomputed
     assert not again.reused and np.array_equal(again.thresholds, fp32.thresholds)
     args = ["dissect", str(tiny.path), "--model", MODEL, "--layer", "layer1", "--out"]
     args += [str(tmp_path), "--quantile", "0.05", "--batch-size", "6", "--workers", "0"]

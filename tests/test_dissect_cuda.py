@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from broden.dissect import dissect, score_activations
+from broden.dissect.settings import DissectSettings as S
 from tests.dissect_helpers import TinyStore, random_labels_store
 
 pytestmark = [
@@ -25,9 +26,9 @@ def tiny(tmp_path_factory) -> TinyStore:
 def test_cuda_counts_equal_cpu_counts(tiny, tmp_path, dtype, method):
     rng = np.random.default_rng(0)
     acts = np.maximum(rng.normal(size=(tiny.n, 8, 7, 7)), 0).astype(dtype)
-    kw = dict(quantile=0.05, quantile_method=method, batch_size=6, progress=False)
-    cpu = score_activations(tiny.path, acts, out=tmp_path / "cpu", device="cpu", **kw)
-    gpu = score_activations(tiny.path, acts, out=tmp_path / "gpu", device="cuda", **kw)
+    s = S(quantile=0.05, quantile_method=method, batch_size=6, progress=False)
+    cpu = score_activations(tiny.path, acts, None, s.replace(device="cpu"), out=tmp_path / "cpu")
+    gpu = score_activations(tiny.path, acts, None, s.replace(device="cuda"), out=tmp_path / "gpu")
     assert gpu.summary.settings.device.startswith("cuda")
     np.testing.assert_array_equal(cpu.thresholds, gpu.thresholds)
     for k in cpu.counts:
@@ -49,12 +50,8 @@ def test_cuda_dissection_matches_cpu_scoring_of_its_activations(tiny, tmp_path):
         tiny.path,
         model,
         ["layer2"],
+        S(device="cuda", workers=2, quantile=0.05, batch_size=5, progress=False),
         out=tmp_path / "gpu",
-        device="cuda",
-        workers=2,
-        quantile=0.05,
-        batch_size=5,
-        progress=False,
     )["layer2"]
     assert res.units == 128 and res.summary.settings.device.startswith("cuda")
     parts = []
@@ -68,7 +65,7 @@ def test_cuda_dissection_matches_cpu_scoring_of_its_activations(tiny, tmp_path):
             parts.append(cap.run(x)["layer2"].float().cpu())
     acts = torch.cat(parts).contiguous().numpy()
     cpu = score_activations(
-        tiny.path, acts, out=tmp_path / "cpu", device="cpu", quantile=0.05, progress=False
+        tiny.path, acts, None, S(device="cpu", quantile=0.05, progress=False), out=tmp_path / "cpu"
     )
     np.testing.assert_array_equal(cpu.thresholds, res.thresholds)
     for k in cpu.counts:
@@ -85,9 +82,10 @@ def test_cuda_amp_is_float16_and_off_by_default(tiny, tmp_path):
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.allow_tf32 = False
     model = resnet18().cuda().eval()
-    kw = dict(device="cuda", workers=0, quantile=0.05, batch_size=5, progress=False)
-    fp32 = dissect(tiny.path, model, ["layer1"], out=tmp_path / "fp32", **kw)["layer1"]
-    amp = dissect(tiny.path, model, ["layer1"], out=tmp_path / "amp", amp=True, **kw)["layer1"]
+    s = S(device="cuda", workers=0, quantile=0.05, batch_size=5, progress=False)
+    fp32 = dissect(tiny.path, model, ["layer1"], s, out=tmp_path / "fp32")["layer1"]
+    amp = dissect(tiny.path, model, ["layer1"], s.replace(amp=True), out=tmp_path / "amp")
+    amp = amp["layer1"]
     assert fp32.summary.settings.amp is False and amp.summary.settings.amp is True
     got: list[torch.dtype] = []
     hook = model.layer1.register_forward_hook(lambda m, i, o: got.append(o.dtype))
@@ -111,10 +109,9 @@ def test_cuda_amp_is_float16_and_off_by_default(tiny, tmp_path):
     cpu = score_activations(
         tiny.path,
         torch.cat(acts).numpy(),
+        None,
+        S(device="cpu", quantile=0.05, progress=False),
         out=tmp_path / "cpu",
-        device="cpu",
-        quantile=0.05,
-        progress=False,
     )
     np.testing.assert_array_equal(cpu.thresholds, fp32.thresholds)
     np.testing.assert_array_equal(cpu.iou, fp32.iou)

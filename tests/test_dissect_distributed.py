@@ -19,6 +19,7 @@ import torch
 
 from broden.dissect import DissectError, dissect, score_activations
 from broden.dissect.distributed import split_shards
+from broden.dissect.settings import DissectSettings as S
 from broden.dissect.synthetic import write_store
 from tests.dissect_helpers import random_labels_store
 
@@ -95,12 +96,8 @@ def test_two_ranks_from_the_command_line_write_what_one_process_writes(stores, t
             stores["uneven"],
             MODEL,
             ["layer1", "layer2"],
+            S(quantile=0.05, batch_size=3, workers=0, top_k=3, progress=False),
             out=tmp_path / "one",
-            quantile=0.05,
-            batch_size=3,
-            workers=0,
-            top_k=3,
-            progress=False,
         )
     for la in ref:
         same_files(out / la, tmp_path / "one" / la)
@@ -119,7 +116,7 @@ def test_two_ranks_of_the_library(stores, tmp_path):
     model_kw = dict(quantile=0.05, batch_size=4, workers=0, top_k=3, progress=False)
     one_kw = dict(model_kw, cache_activations="no", quantile_method="ndl")
     with one_thread():
-        thr = dissect(stores["uneven"], MODEL, ["layer1"], out=tmp_path / "thr", **model_kw)
+        thr = dissect(stores["uneven"], MODEL, ["layer1"], S(**model_kw), out=tmp_path / "thr")
     jobs = [
         ("dissect", [str(stores["single"]), MODEL, ["layer1"]], one_kw, "b"),
         (
@@ -147,8 +144,13 @@ def test_two_ranks_of_the_library(stores, tmp_path):
     )
     with one_thread():
         for fn, a, kw, name in jobs[:3]:
-            call = dissect if fn == "dissect" else score_activations
-            call(*a, out=tmp_path / "one" / name, **dict(kw, progress=False))  # type: ignore[operator]
+            opts = dict(kw, progress=False)
+            thresholds = opts.pop("thresholds", None)
+            one = tmp_path / "one" / name
+            if fn == "dissect":
+                dissect(*a, S(**opts), out=one, thresholds=thresholds)  # type: ignore[misc]
+            else:
+                score_activations(*a, None, S(**opts), out=one)  # type: ignore[misc]
     for name, layer in (("b", "layer1"), ("c", "acts"), ("d", "layer1")):
         same_files(tmp_path / "dist" / name / layer, tmp_path / "one" / name / layer)
     s = json.loads((tmp_path / "dist" / "b" / "layer1" / "summary.json").read_text())
@@ -183,10 +185,12 @@ def one_rank_env(monkeypatch):
 
 
 def test_one_rank_is_a_single_process(stores, tmp_path, one_rank_env):
-    kw = dict(quantile=0.05, batch_size=4, progress=False, quantile_method="ndl")
+    s = S(quantile=0.05, batch_size=4, progress=False, quantile_method="ndl")
     acts = np.random.default_rng(3).normal(size=(12, 5, 4, 4)).astype(np.float32)
-    one = score_activations(stores["uneven"], acts, out=tmp_path / "a", **kw)
-    dist = score_activations(stores["uneven"], acts, out=tmp_path / "b", distributed=True, **kw)
+    one = score_activations(stores["uneven"], acts, None, s, out=tmp_path / "a")
+    dist = score_activations(
+        stores["uneven"], acts, None, s.replace(distributed=True), out=tmp_path / "b"
+    )
     same_files(one.directory, dist.directory)
     assert dist.summary.settings.model_dump()["distributed"] == {"world_size": 1, "backend": "gloo"}
     assert one.summary.settings.distributed is None
@@ -197,7 +201,9 @@ def test_without_torchrun_the_message_says_how_to_launch(stores, tmp_path, monke
         monkeypatch.delenv(k, raising=False)
     acts = np.zeros((12, 2, 3, 3), np.float32)
     with pytest.raises(DissectError, match=r"RANK, WORLD_SIZE.*are not set: launch with torchrun"):
-        score_activations(stores["uneven"], acts, out=tmp_path, distributed=True, progress=False)
+        score_activations(
+            stores["uneven"], acts, None, S(distributed=True, progress=False), out=tmp_path
+        )
     assert not any(tmp_path.iterdir())
     from typer.testing import CliRunner
 

@@ -11,6 +11,7 @@ from torch import nn
 from broden.dissect import DissectError, dissect, score_activations
 from broden.dissect.hooks import LayerCapture, check_layers, to_unit_maps
 from broden.dissect.models import load_model, parse_normalize, preprocess
+from broden.dissect.settings import DissectSettings as S
 from broden.dissect.zoo import resnet18
 from tests.dissect_helpers import TinyStore, random_labels_store
 
@@ -127,18 +128,17 @@ def test_transformer_tokens_end_to_end(tiny, tmp_path):
         tiny.path,
         model,
         ["block"],
+        S(workers=0, quantile=0.1, normalize="none", progress=False),
         out=tmp_path,
-        workers=0,
-        quantile=0.1,
-        normalize="none",
-        progress=False,
     )["block"]
     assert res.units == 6 and res.summary.activation_shape == (4, 4)  # 32 px / 8
     with torch.inference_mode():
         x = torch.from_numpy(tiny.images).permute(0, 3, 1, 2).float() / 255
         tokens = model(x)
     acts = tokens[:, 1:].reshape(tiny.n, 4, 4, 6).permute(0, 3, 1, 2).numpy()
-    ref = score_activations(tiny.path, acts, out=tmp_path / "ref", quantile=0.1, progress=False)
+    ref = score_activations(
+        tiny.path, acts, None, S(quantile=0.1, progress=False), out=tmp_path / "ref"
+    )
     np.testing.assert_allclose(res.thresholds, ref.thresholds, rtol=1e-6)
     np.testing.assert_allclose(res.iou, ref.iou, atol=0.02)
 
@@ -163,19 +163,15 @@ def test_torch_export_models_keep_their_layer_names(tiny, tmp_path):
         tiny.path,
         str(tmp_path / "small.pt2"),
         ["features.2"],
+        S(workers=0, quantile=0.1, progress=False),
         out=tmp_path / "a",
-        workers=0,
-        quantile=0.1,
-        progress=False,
     )["features.2"]
     want = dissect(
         tiny.path,
         eager,
         ["features.2"],
+        S(workers=0, quantile=0.1, progress=False),
         out=tmp_path / "b",
-        workers=0,
-        quantile=0.1,
-        progress=False,
     )["features.2"]
     assert got.summary.settings.batch_size == 4
     np.testing.assert_allclose(got.thresholds, want.thresholds, rtol=1e-5)
@@ -192,27 +188,22 @@ def test_torchscript_models_dissect_their_outputs(tiny, tmp_path):
             tiny.path,
             str(tmp_path / "small.ts"),
             ["features.2"],
+            S(workers=0, progress=False),
             out=tmp_path,
-            workers=0,
-            progress=False,
         )
     got = dissect(
         tiny.path,
         str(tmp_path / "small.ts"),
         ["output"],
+        S(workers=0, quantile=0.1, progress=False),
         out=tmp_path / "a",
-        workers=0,
-        quantile=0.1,
-        progress=False,
     )["output"]
     want = dissect(
         tiny.path,
         eager,
         ["features.2"],
+        S(workers=0, quantile=0.1, progress=False),
         out=tmp_path / "b",
-        workers=0,
-        quantile=0.1,
-        progress=False,
     )["features.2"]
     np.testing.assert_allclose(got.thresholds, want.thresholds, rtol=1e-5)
     assert got.units == 7
@@ -221,7 +212,12 @@ def test_torchscript_models_dissect_their_outputs(tiny, tmp_path):
 def test_input_size_resizes_images_for_the_model(tiny, tmp_path):
     torch.manual_seed(3)
     model = SmallConv().eval()
-    r = dissect(tiny.path, model, ["features.2"], out=tmp_path, input_size=64, workers=0,
-                quantile=0.1, progress=False)["features.2"]  # fmt: skip
+    r = dissect(
+        tiny.path,
+        model,
+        ["features.2"],
+        S(input_size=64, workers=0, quantile=0.1, progress=False),
+        out=tmp_path,
+    )["features.2"]
     assert r.summary.activation_shape == (16, 16)  # 64 px through two stride-2 convs
     assert r.summary.settings.input_size == 64

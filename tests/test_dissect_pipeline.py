@@ -14,6 +14,7 @@ import torch
 from broden.dissect import DissectError, dissect, score_activations
 from broden.dissect.hooks import LayerCapture
 from broden.dissect.models import load_model, parse_normalize, preprocess
+from broden.dissect.settings import DissectSettings as S
 from broden.dissect.zoo import resnet18
 from broden.store import open_store
 
@@ -66,11 +67,8 @@ def run(store_path, tmp_path_factory):
         store_path,
         "dissect.zoo:resnet18",
         LAYERS,
+        S(workers=0, top_k=5, legacy_csv=True, progress=False),
         out=out,
-        workers=0,
-        top_k=5,
-        legacy_csv=True,
-        progress=False,
     )
     return out, res
 
@@ -170,7 +168,7 @@ def test_model_and_activation_paths_give_identical_counts(run, store_path, tmp_p
         acts = cap.run(x)["layer4"].contiguous().numpy()
     np.save(tmp_path / "layer4.npy", acts)
     r = score_activations(
-        store_path, tmp_path / "layer4.npy", out=tmp_path / "out", top_k=5, progress=False
+        store_path, tmp_path / "layer4.npy", None, S(top_k=5, progress=False), out=tmp_path / "out"
     )
     assert r.layer == "layer4"
     np.testing.assert_array_equal(r.thresholds, res["layer4"].thresholds)
@@ -184,11 +182,8 @@ def test_one_and_two_forward_passes_agree(store_path, run, tmp_path):
         store_path,
         "dissect.zoo:resnet18",
         ["layer4"],
+        S(workers=0, cache_activations="no", top_k=5, progress=False),
         out=tmp_path,
-        workers=0,
-        cache_activations="no",
-        top_k=5,
-        progress=False,
     )["layer4"]
     assert two.summary.settings.passes == 2
     assert res["layer4"].summary.settings.passes == 1
@@ -197,30 +192,29 @@ def test_one_and_two_forward_passes_agree(store_path, run, tmp_path):
 
 
 def test_cache_reuses_only_what_the_same_key_made(store_path, tmp_path):
-    kw = dict(out=tmp_path, workers=0, progress=False)
-    first = dissect(store_path, "dissect.zoo:resnet18", ["layer3"], **kw)["layer3"]
+    s, model = S(workers=0, progress=False), "dissect.zoo:resnet18"
+    first = dissect(store_path, model, ["layer3"], s, out=tmp_path)["layer3"]
     assert not first.reused
     stamp = (tmp_path / "layer3" / "counts.npz").stat().st_mtime_ns
     # another layer into the same folder: computed, not NetDissect-Lite's stale reuse
-    other = dissect(store_path, "dissect.zoo:resnet18", ["layer4"], **kw)["layer4"]
+    other = dissect(store_path, model, ["layer4"], s, out=tmp_path)["layer4"]
     assert not other.reused and other.units == 512
-    again = dissect(store_path, "dissect.zoo:resnet18", ["layer3", "layer4"], **kw)
+    again = dissect(store_path, model, ["layer3", "layer4"], s, out=tmp_path)
     assert again["layer3"].reused and again["layer4"].reused
     assert any("reused" in n for n in again["layer3"].notes)
     assert (tmp_path / "layer3" / "counts.npz").stat().st_mtime_ns == stamp
     np.testing.assert_array_equal(again["layer3"].iou, first.iou)
     # scoring settings do not change counts: reused and re-scored
-    loose = dissect(store_path, "dissect.zoo:resnet18", ["layer3"], iou_threshold=0.001, **kw)[
-        "layer3"
-    ]
+    loose = dissect(store_path, model, ["layer3"], s.replace(iou_threshold=0.001), out=tmp_path)
+    loose = loose["layer3"]
     assert loose.reused and loose.summary.settings.iou_threshold == 0.001
     assert loose.detectors == int((first.iou.max(axis=1) > 0.001).sum())
     # a setting that changes counts recomputes
-    q = dissect(store_path, "dissect.zoo:resnet18", ["layer3"], quantile=0.01, **kw)["layer3"]
+    q = dissect(store_path, model, ["layer3"], s.replace(quantile=0.01), out=tmp_path)["layer3"]
     assert not q.reused
     assert (q.thresholds < first.thresholds).mean() > 0.9
     w = dissect(
-        store_path, "dissect.zoo:resnet18", ["layer3"], quantile=0.01, normalize="none", **kw
+        store_path, model, ["layer3"], s.replace(quantile=0.01, normalize="none"), out=tmp_path
     )["layer3"]
     assert not w.reused
 
@@ -235,18 +229,17 @@ def test_unit_transform_is_applied_before_thresholds(store_path, tmp_path, activ
         store_path,
         "dissect.zoo:resnet18",
         ["layer3"],
+        S(workers=0, progress=False),
         out=tmp_path,
-        workers=0,
         unit_transform=flip,
         transform_key="flip-perm0",
-        progress=False,
     )["layer3"]
     a = -activations["layer3"][:, perm.numpy()]
     want = np.quantile(a.transpose(1, 0, 2, 3).reshape(256, -1), 0.995, axis=1)
     np.testing.assert_allclose(r.thresholds, want, rtol=1e-6, atol=1e-6)
     assert r.summary.settings.transform == "flip-perm0"
     plain = dissect(
-        store_path, "dissect.zoo:resnet18", ["layer3"], out=tmp_path, workers=0, progress=False
+        store_path, "dissect.zoo:resnet18", ["layer3"], S(workers=0, progress=False), out=tmp_path
     )["layer3"]
     assert not plain.reused  # another cache key
     with pytest.raises(DissectError, match="transform_key"):
@@ -254,10 +247,9 @@ def test_unit_transform_is_applied_before_thresholds(store_path, tmp_path, activ
             store_path,
             "dissect.zoo:resnet18",
             ["layer3"],
+            S(workers=0, progress=False),
             out=tmp_path,
-            workers=0,
             unit_transform=flip,
-            progress=False,
         )
 
 
@@ -267,11 +259,9 @@ def test_given_thresholds_take_one_pass_and_are_used(store_path, run, tmp_path):
         store_path,
         "dissect.zoo:resnet18",
         ["layer3", "layer4"],
+        S(workers=0, top_k=5, progress=False),
         out=tmp_path,
         thresholds=out,
-        workers=0,
-        top_k=5,
-        progress=False,
     )
     for la in LAYERS:
         np.testing.assert_array_equal(r[la].thresholds, res[la].thresholds)

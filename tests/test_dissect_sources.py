@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from broden.cli import app
 from broden.dissect import DissectError, dissect, score_activations
 from broden.dissect.data import batch_plan, runs
+from broden.dissect.settings import DissectSettings as S
 from broden.dissect.synthetic import write_store
 from tests.dissect_helpers import TinyStore, random_labels_store, reference
 
@@ -61,9 +62,9 @@ def test_a_selection_scores_like_a_store_of_those_images(stores, tmp_path):
     ts, both, old = stores
     rng = np.random.default_rng(1)
     acts = np.maximum(rng.normal(size=(N, 6, 5, 5)), 0).astype(np.float32)
-    kw = dict(quantile=0.05, batch_size=3, progress=False, top_k=4)
-    sub = score_activations(old, acts[OLD], out=tmp_path / "old", **kw)
-    sel = score_activations(both, acts, out=tmp_path / "sel", sources="old", **kw)
+    s = S(quantile=0.05, batch_size=3, progress=False, top_k=4)
+    sub = score_activations(old, acts[OLD], None, s, out=tmp_path / "old")
+    sel = score_activations(both, acts, None, s.replace(sources="old"), out=tmp_path / "sel")
     assert np.array_equal(sel.iou, sub.iou)
     assert np.array_equal(sel.thresholds, sub.thresholds)
     for k, v in sub.counts.items():
@@ -87,7 +88,9 @@ def test_a_selection_scores_like_a_store_of_those_images(stores, tmp_path):
     np.testing.assert_allclose(sel.thresholds, want.thresholds, rtol=1e-6)
     np.testing.assert_array_equal(sel.counts["intersection"], want.intersection)
     # activations holding only the selected rows give the same
-    rows = score_activations(both, acts[OLD], out=tmp_path / "rows", sources=["old"], **kw)
+    rows = score_activations(
+        both, acts[OLD], None, s.replace(sources=["old"]), out=tmp_path / "rows"
+    )
     assert np.array_equal(rows.iou, sel.iou)
     s = sel.summary
     assert s.settings.sources == ["old"]
@@ -111,17 +114,12 @@ def test_old_sources_of_an_extended_store_give_the_old_results(tmp_path):
     add(tmp_path / "ext.zarr", parse_config(coco_config(tmp_path)), progress=False)
     old, ext = open_store(tmp_path / "old.zarr"), open_store(tmp_path / "ext.zarr")
     assert len(ext) > len(old) and len(ext.concepts) > len(old.concepts)
-    kw = dict(batch_size=8, workers=0, progress=False, top_k=3)
-    dissect(old.path, MODEL, ["layer1"], out=tmp_path / "a", **kw)
-    dissect(
-        ext.path,
-        MODEL,
-        ["layer1"],
-        out=tmp_path / "b",
-        sources=[s.name for s in old.attrs.sources],
-        concepts=[f"id:{c.id}" for c in old.concepts],
-        **kw,
+    s = S(batch_size=8, workers=0, progress=False, top_k=3)
+    dissect(old.path, MODEL, ["layer1"], s, out=tmp_path / "a")
+    subset = s.replace(
+        sources=[s.name for s in old.attrs.sources], concepts=[f"id:{c.id}" for c in old.concepts]
     )
+    dissect(ext.path, MODEL, ["layer1"], subset, out=tmp_path / "b")
     for f in ("iou.npy", "thresholds.npy", "units.csv", "counts.npz", "topk.npz", "concepts.csv"):
         assert (tmp_path / "a" / "layer1" / f).read_bytes() == (
             tmp_path / "b" / "layer1" / f
@@ -131,29 +129,29 @@ def test_old_sources_of_an_extended_store_give_the_old_results(tmp_path):
 def test_sources_are_in_the_cache_key(stores, tmp_path):
     _, both, _ = stores
     acts = np.random.default_rng(2).normal(size=(N, 3, 4, 4)).astype(np.float32)
-    kw = dict(out=tmp_path, layer="x", quantile=0.1, progress=False)
-    a = score_activations(both, acts, sources="old", **kw)
+    s = S(quantile=0.1, progress=False)
+
+    def score(sources: object) -> object:
+        return score_activations(both, acts, "x", s.replace(sources=sources), out=tmp_path)
+
+    a = score("old")
     assert not a.reused
-    b = score_activations(both, acts, **kw)  # every image: recomputed
+    b = score(None)  # every image: recomputed
     assert not b.reused and not np.array_equal(a.counts["concept_area"], b.counts["concept_area"])
-    assert score_activations(both, acts, **kw).reused
-    c = score_activations(both, acts, sources="OLD,old", **kw)  # the same selection
+    assert score(None).reused
+    c = score("OLD,old")  # the same selection
     assert not c.reused and np.array_equal(c.iou, a.iou)
-    assert score_activations(both, acts, sources=["old"], **kw).reused
-    assert (
-        a.summary.cache_key
-        != b.summary.cache_key
-        == score_activations(both, acts, sources=None, **kw).summary.cache_key
-    )
+    assert score(["old"]).reused
+    assert a.summary.cache_key != b.summary.cache_key == score(None).summary.cache_key
 
 
 def test_unknown_sources_name_the_stores_sources(stores, tmp_path):
     _, both, _ = stores
     acts = np.zeros((N, 2, 3, 3), np.float32)
     with pytest.raises(DissectError, match=r"unknown source names \['nope'\].*\['old', 'new'\]"):
-        score_activations(both, acts, out=tmp_path, sources="old,nope", progress=False)
+        score_activations(both, acts, None, S(sources="old,nope", progress=False), out=tmp_path)
     with pytest.raises(DissectError, match="hold 5 images .* has 17 \\(13 of --sources old\\)"):
-        score_activations(both, acts[:5], out=tmp_path, sources="old", progress=False)
+        score_activations(both, acts[:5], None, S(sources="old", progress=False), out=tmp_path)
 
 
 def test_sources_from_the_command_line(stores, tmp_path):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from broden.dissect import score_activations
+from broden.dissect.settings import DissectSettings
 from broden.dissect.synthetic import write_store
 from broden.dissect.tally import upsample_reference
 from tests.dissect_helpers import TinyStore, random_labels_store, ref_upsample, reference
@@ -18,9 +19,11 @@ from tests.dissect_helpers import TinyStore, random_labels_store, ref_upsample, 
 MODES = ("original", "lite", "plain")
 
 
-def score(store, acts, tmp_path: Path, **kw):
+def score(store, acts, tmp_path: Path, thresholds=None, **settings):
+    """score_activations into a new folder, with ``settings`` (in-process data loading)."""
     out = tmp_path / f"out{np.random.default_rng().integers(1 << 30)}"
-    return score_activations(store, acts, out=out, progress=False, **kw)
+    s = DissectSettings(**{"workers": 0, "progress": False, **settings})
+    return score_activations(store, acts, None, s, out=out, thresholds=thresholds)
 
 
 @pytest.fixture(scope="module")

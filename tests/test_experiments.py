@@ -18,6 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from broden.dissect import DissectError, dissect, score_activations
+from broden.dissect.dispatch import run_dissection
 from broden.dissect.experiments import (
     ROTATED_DIR,
     ChannelRotation,
@@ -31,7 +32,8 @@ from broden.dissect.experiments import (
     run_rotations,
     segment,
 )
-from broden.dissect.experiments_cli import register
+from broden.dissect.experiments.cli import register
+from broden.dissect.settings import DissectSettings as S
 from tests.experiment_helpers import block_store, planted_activations
 
 MODEL = "tests.experiment_helpers:painted_net"
@@ -76,9 +78,13 @@ def painted(tmp_path_factory):
     ts = block_store(root / "paint.zarr")
     out = root / "out"
     dissect(
-        ts.path, MODEL, ["mix", "pool"], out=out, normalize="none", thresholds=GIVEN,
-        workers=0, progress=False,
-    )  # fmt: skip
+        ts.path,
+        MODEL,
+        ["mix", "pool"],
+        S(normalize="none", workers=0, progress=False),
+        out=out,
+        thresholds=GIVEN,
+    )
     return ts, out
 
 
@@ -89,9 +95,13 @@ def other_store_run(tmp_path_factory):
     ts = block_store(root / "paint2.zarr", seed=5)
     out = root / "out"
     dissect(
-        ts.path, MODEL, ["mix"], out=out, normalize="none", thresholds={"mix": GIVEN["mix"]},
-        workers=0, progress=False,
-    )  # fmt: skip
+        ts.path,
+        MODEL,
+        ["mix"],
+        S(normalize="none", workers=0, progress=False),
+        out=out,
+        thresholds={"mix": GIVEN["mix"]},
+    )
     return out
 
 
@@ -214,9 +224,15 @@ def test_full_rotation_of_planted_detectors_lowers_unique_detectors(planted):
     ts, acts, root = planted
     out = root / "rot"
     res = run_rotation(
-        ts.path, None, "conv", 7, alphas=(0.0, 1.0), out=out, activations=acts,
-        quantile=0.03, workers=0, progress=False,
-    )  # fmt: skip
+        ts.path,
+        None,
+        "conv",
+        7,
+        (0.0, 1.0),
+        S(quantile=0.03, workers=0, progress=False),
+        out=out,
+        activations=acts,
+    )
     base = res.unrotated
     assert base.directory == out / "conv"
     # the 8 planted units are detectors of their 8 concepts
@@ -249,15 +265,16 @@ def test_full_rotation_of_planted_detectors_lowers_unique_detectors(planted):
 
 def test_rotation_is_deterministic_for_a_seed_and_cached_per_seed_and_alpha(planted, tmp_path):
     ts, acts, _ = planted
-    kw = dict(activations=acts, quantile=0.03, workers=0, progress=False)
-    a = run_rotation(ts.path, None, "conv", 3, (1.0,), out=tmp_path / "a", **kw)
-    b = run_rotation(ts.path, None, "conv", 3, (1.0,), out=tmp_path / "b", **kw)
+    s = S(quantile=0.03, workers=0, progress=False)
+    kw = dict(activations=acts)
+    a = run_rotation(ts.path, None, "conv", 3, (1.0,), s, out=tmp_path / "a", **kw)
+    b = run_rotation(ts.path, None, "conv", 3, (1.0,), s, out=tmp_path / "b", **kw)
     same_counts(a.rotated[1.0].directory, b.rotated[1.0].directory)
     # the same call again reuses every result; another seed or alpha is a new dissection
-    again = run_rotation(ts.path, None, "conv", 3, (1.0, 0.5), out=tmp_path / "a", **kw)
+    again = run_rotation(ts.path, None, "conv", 3, (1.0, 0.5), s, out=tmp_path / "a", **kw)
     assert again.unrotated.reused and again.rotated[1.0].reused
     assert not again.rotated[0.5].reused
-    other = run_rotation(ts.path, None, "conv", 4, (1.0,), out=tmp_path / "a", **kw)
+    other = run_rotation(ts.path, None, "conv", 4, (1.0,), s, out=tmp_path / "a", **kw)
     assert not other.rotated[1.0].reused
     assert not np.array_equal(other.rotated[1.0].iou, a.rotated[1.0].iou)
 
@@ -266,20 +283,31 @@ def test_rotation_with_precomputed_activations_matches_score_activations(planted
     ts, acts, _ = planted
     rot = ChannelRotation(seed=2, alpha=0.5)
     direct = score_activations(
-        ts.path, acts, out=tmp_path / "direct", layer="conv", quantile=0.03,
-        unit_transform=rot, transform_key=rot.key, workers=0, progress=False,
-    )  # fmt: skip
+        ts.path,
+        acts,
+        "conv",
+        S(quantile=0.03, workers=0, progress=False),
+        out=tmp_path / "direct",
+        unit_transform=rot,
+        transform_key=rot.key,
+    )
     res = run_rotation(
-        ts.path, None, "conv", 2, (0.5,), out=tmp_path / "exp", activations=acts,
-        quantile=0.03, workers=0, progress=False,
-    )  # fmt: skip
+        ts.path,
+        None,
+        "conv",
+        2,
+        (0.5,),
+        S(quantile=0.03, workers=0, progress=False),
+        out=tmp_path / "exp",
+        activations=acts,
+    )
     same_counts(direct.directory, res.rotated[0.5].directory)
 
 
 def test_rotation_of_a_model_layer(painted, tmp_path):
     ts, _ = painted
-    kw = dict(normalize="none", quantile=0.2, workers=0, progress=False)
-    res = run_rotations(ts.path, MODEL, ["mix", "pool"], 1, (0.0, 1.0), out=tmp_path, **kw)
+    s = S(normalize="none", quantile=0.2, workers=0, progress=False)
+    res = run_rotations(ts.path, MODEL, ["mix", "pool"], 1, (0.0, 1.0), s, out=tmp_path)
     assert set(res) == {"mix", "pool"}
     for la, r in res.items():
         assert r.unrotated.directory == tmp_path / la
@@ -294,11 +322,12 @@ def test_rotation_of_a_model_layer(painted, tmp_path):
     labels = [s.label for s in compare([tmp_path, rotation_dir(tmp_path, 1, 1.0)], tmp_path).series]
     assert labels[-2:] == [f"{MODEL}/{la} (rotated: seed 1, alpha 1)" for la in ("mix", "pool")]
     with pytest.raises(DissectError, match="--thresholds cannot be combined with --rotate"):
-        run_rotations(ts.path, MODEL, ["mix"], 1, out=tmp_path, thresholds=GIVEN, **kw)
+        run_dissection(ts.path, s, out=tmp_path, model=MODEL, layers=["mix"], rotate=1,
+                       thresholds=GIVEN)  # fmt: skip
     with pytest.raises(DissectError, match="--rotate SEED"):
-        run_rotations(ts.path, MODEL, ["mix"], -1, out=tmp_path, **kw)
+        run_rotations(ts.path, MODEL, ["mix"], -1, settings=s, out=tmp_path)
     with pytest.raises(DissectError, match="--alpha"):
-        run_rotations(ts.path, MODEL, ["mix"], 1, (float("inf"),), out=tmp_path, **kw)
+        run_rotations(ts.path, MODEL, ["mix"], 1, (float("inf"),), s, out=tmp_path)
 
 
 # -- comparisons --------------------------------------------------------------------------------
@@ -362,7 +391,7 @@ def test_compare_warns_when_stores_differ(painted, other_store_run, tmp_path):
 
 
 def test_compare_errors(tmp_path, painted):
-    with pytest.raises(DissectError, match="no such results folder"):
+    with pytest.raises(DissectError, match="no such folder"):
         compare([tmp_path / "missing"], tmp_path / "cmp")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DissectError, match="neither a layer folder"):
@@ -451,7 +480,7 @@ def test_segment_top_and_min_iou_choose_the_units(painted):
 def test_segment_errors(painted, planted, tmp_path):
     ts, out = painted
     acts = np.zeros((ts.n, 2, 4, 4), np.float32)
-    score_activations(ts.path, acts, out=tmp_path / "acts", layer="conv", progress=False)
+    score_activations(ts.path, acts, "conv", S(progress=False), out=tmp_path / "acts")
     with pytest.raises(DissectError, match="precomputed activations"):
         segment(0, tmp_path / "acts" / "conv", store=ts.path)
     with pytest.raises(DissectError, match="no such file"):
@@ -465,7 +494,7 @@ def test_segment_errors(painted, planted, tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(DissectError, match="not an image"):
         segment(tmp_path / "bad.png", out / "mix")
-    with pytest.raises(DissectError, match="no such results folder"):
+    with pytest.raises(DissectError, match="no such folder"):
         segment(0, tmp_path / "nothing", store=ts.path)
 
 
@@ -490,9 +519,15 @@ def test_rotation_and_segmentation_on_cuda(painted, planted, tmp_path):
     np.testing.assert_array_equal(cpu.masks, gpu.masks)
     pts, acts, _ = planted
     res = run_rotation(
-        pts.path, None, "conv", 7, (0.0, 1.0), out=tmp_path, activations=acts, quantile=0.03,
-        device="cuda", progress=False,
-    )  # fmt: skip
+        pts.path,
+        None,
+        "conv",
+        7,
+        (0.0, 1.0),
+        S(quantile=0.03, device="cuda", progress=False),
+        out=tmp_path,
+        activations=acts,
+    )
     assert res.rotated[1.0].summary.settings.device.startswith("cuda")
     same_counts(res.unrotated.directory, res.rotated[0.0].directory)
 

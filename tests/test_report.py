@@ -38,6 +38,7 @@ from broden.dissect.report import (
     unit_masks,
     write_report,
 )
+from broden.dissect.settings import DissectSettings
 from broden.dissect.synthetic import write_store
 from tests.dissect_helpers import ref_upsample
 
@@ -104,7 +105,13 @@ def tiny_run(tmp_path: Path) -> TinyRun:
 
     store, images = tiny_store(tmp_path / "tiny.zarr")
     out = tmp_path / "out"
-    dissect(store, MODEL, ["conv", "pool"], out=out, quantile=0.02, workers=0, progress=False)
+    dissect(
+        store,
+        MODEL,
+        ["conv", "pool"],
+        DissectSettings(quantile=0.02, workers=0, progress=False),
+        out=out,
+    )
     return TinyRun(out, store, images)
 
 
@@ -377,7 +384,7 @@ def test_precomputed_activations_draw_masks_until_the_file_is_gone(tmp_path: Pat
     path = tmp_path / "conv5.npy"
     np.save(path, acts)
     out = tmp_path / "out"
-    score_activations(store, path, out=out, quantile=0.05, progress=False)
+    score_activations(store, path, None, DissectSettings(quantile=0.05, progress=False), out=out)
     html = write_report(out, top_k=4).read_text()
     assert "unit masks not drawn" not in html
     expect = _expected_top(acts.reshape(N, 3, -1).max(axis=2), 4)
@@ -398,8 +405,15 @@ def test_a_transformed_layer_needs_its_transform(tmp_path: Path) -> None:
     def negate(m: torch.Tensor) -> torch.Tensor:
         return -m
 
-    dissect(store, MODEL, ["pool"], out=out, quantile=0.05, workers=0, progress=False,
-            unit_transform=negate, transform_key="negate")  # fmt: skip
+    dissect(
+        store,
+        MODEL,
+        ["pool"],
+        DissectSettings(quantile=0.05, workers=0, progress=False),
+        out=out,
+        unit_transform=negate,
+        transform_key="negate",
+    )
     html = write_report(out, top_k=3).read_text()
     assert "unit transform" in html and "not drawn" in html
     html = write_report(out, top_k=3, transforms={"pool": negate}).read_text()

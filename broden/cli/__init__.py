@@ -3,7 +3,7 @@
 Nothing in the library imports this package. The commands come in groups, each a
 ``register(app)`` function found through the ``broden.commands`` entry-point group
 (broden's own: ``store`` = :mod:`broden.cli.store`, ``dissect`` =
-:mod:`broden.dissect.cli`, ``experiments`` = :mod:`broden.dissect.experiments_cli`;
+:mod:`broden.dissect.cli`, ``experiments`` = :mod:`broden.dissect.experiments.cli`;
 third-party packages add theirs the same way). A group that cannot be loaded is named
 on stderr, with the reason, every time ``broden`` starts; the other groups still work.
 

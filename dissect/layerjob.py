@@ -1,0 +1,136 @@
+"""One layer through the passes of a dissection (:class:`LayerJob`): pass 1 observes each
+batch's maps (finiteness, the per-unit top values that give the thresholds, the top
+images, an in-memory copy when kept), pass 2 tallies them against the labels; under
+``torchrun`` the ranks' top values, counts and top images are merged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from broden.dissect.concepts import ConceptSelection
+from broden.dissect.data import StoreBatch
+from broden.dissect.distributed import Ranks
+from broden.dissect.errors import DissectError
+from broden.dissect.results import LayerCounts
+from broden.dissect.settings import DissectSettings
+from broden.dissect.tally import LabelTables, Tally, threshold_for_dtype
+from broden.dissect.thresholds import (
+    StreamingTopK,
+    check_thresholds,
+    threshold_from_top,
+    values_needed,
+)
+from broden.dissect.topimages import TopImages
+
+
+class LayerJob:
+    """One layer's state through the passes: its thresholds (given, or the streaming top-k
+    that yields them), top images, tally and, when kept, its activations."""
+
+    def __init__(
+        self,
+        name: str,
+        directory: Path,
+        key: str,
+        thresholds: np.ndarray | None,
+    ):
+        self.name, self.directory, self.key = name, directory, key
+        self.given = thresholds
+        self.thresholds: np.ndarray | None = thresholds
+        self.units = 0
+        self.shape = (0, 0)
+        self.dtype = torch.float32
+        self.quant: StreamingTopK | None = None
+        self.top: TopImages | None = None
+        self.tally: Tally | None = None
+        self.thr_dev: torch.Tensor | None = None
+        self.cache: torch.Tensor | None = None
+
+    def setup(
+        self,
+        maps: torch.Tensor,
+        n_images: int,
+        settings: DissectSettings,
+        tables: LabelTables,
+        label_size: int,
+    ) -> None:
+        """Size the state from the first batch's ``maps`` (B, U, h, w)."""
+        _, U, h, w = maps.shape
+        self.units, self.shape, self.dtype = U, (h, w), maps.dtype
+        if self.given is not None:
+            self.thresholds = check_thresholds(self.given, U, f"thresholds of layer {self.name}")
+        else:
+            k = values_needed(n_images * h * w, settings.quantile, settings.quantile_method)
+            self.quant = StreamingTopK(U, k, maps.device, maps.dtype)
+        self.top = TopImages(U, min(settings.top_images, n_images))
+        self.tally = Tally(U, tables, label_size)
+
+    def check(self, maps: torch.Tensor, batch: StoreBatch) -> None:
+        """:class:`DissectError` for maps of the wrong shape or with NaN/inf values."""
+        if maps.ndim != 4 or maps.shape[0] != len(batch) or maps.shape[1] != self.units:
+            raise DissectError(
+                f"layer {self.name!r}: maps of shape {tuple(maps.shape)} for "
+                f"{batch.describe()}, expected ({len(batch)}, {self.units}, h, w)"
+            )
+        if not bool(torch.isfinite(maps).all()):
+            bad = (~torch.isfinite(maps)).flatten(2).any(2).any(0).nonzero().flatten().tolist()
+            imgs = (~torch.isfinite(maps)).flatten(1).any(1).nonzero().flatten()
+            first = int(batch.indices()[int(imgs[0]) if len(imgs) else 0])
+            more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+            raise DissectError(
+                f"layer {self.name!r}: activations are not finite (NaN or inf) in units "
+                f"{bad[:20]}{more} of {batch.describe()} (first in image "
+                f"{first}); the model or the activation file is broken there"
+            )
+
+    def observe(self, maps: torch.Tensor, batch: StoreBatch) -> None:
+        """Pass 1: thresholds' top-k, top images, finiteness, optional in-memory copy."""
+        self.check(maps, batch)
+        assert self.top is not None
+        self.top.add(maps.amax(dim=(2, 3)), batch.indices())
+        if self.quant is not None:
+            self.quant.add(maps.transpose(0, 1).reshape(self.units, -1))
+        if self.cache is not None:
+            self.cache[batch.start : batch.stop].copy_(maps, non_blocking=True)
+
+    def finish_thresholds(self, settings: DissectSettings, ranks: Ranks) -> None:
+        """Thresholds from every rank's top values (collective when distributed)."""
+        if self.quant is not None:
+            top, seen = ranks.merge_top_values(self.quant.result(), self.quant.seen)
+            q, method = settings.quantile, settings.quantile_method
+            self.thresholds = threshold_from_top(top, seen, q, method)
+            self.quant = None
+        assert self.thresholds is not None
+
+    def merge(self, ranks: Ranks) -> None:
+        """Counts and top images of every rank (collective when distributed)."""
+        assert self.tally is not None and self.top is not None
+        t = self.tally
+        images = torch.tensor([t.images], dtype=torch.int64, device=t.label_counts.device)
+        ranks.sum_([t.intersection, *t.area.values(), t.label_counts, images])
+        t.images = int(images)
+        self.top.values, self.top.indices = ranks.merge_top_images(
+            self.top.values, self.top.indices, self.top.k
+        )
+
+    def add(self, maps: torch.Tensor, labels: Any) -> None:
+        """Pass 2 (or 1, with given thresholds): the tally of a batch."""
+        assert self.tally is not None and self.thresholds is not None
+        if self.thr_dev is None or self.thr_dev.dtype != maps.dtype:
+            self.thr_dev = threshold_for_dtype(self.thresholds, maps.dtype).to(maps.device)
+        self.tally.add(maps, self.thr_dev, labels)
+
+    def counts(self, selection: ConceptSelection) -> LayerCounts:
+        """Everything the passes found, for scoring and the files."""
+        assert self.tally is not None and self.top is not None and self.thresholds is not None
+        return LayerCounts(
+            self.tally.counts(selection),
+            self.thresholds,
+            self.top.indices,
+            self.top.values,
+            self.shape,
+        )

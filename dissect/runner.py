@@ -1,0 +1,156 @@
+"""Running a model on store images: :class:`ModelRunner`, the one place that loads the model
+to dissect (or re-loads a recorded one), prepares its input and reads its layers.
+
+A runner holds a loaded model (:func:`broden.dissect.models.load_model`: spec, weights,
+fingerprint) on a device and the way its input is made (:class:`InputPrep`: the
+normalisation, the input size, the layout of 4-D outputs, the prefix tokens of token
+outputs, mixed precision). :meth:`ModelRunner.capture` hooks some layers and returns a
+function from a batch of uint8 store images to each layer's (B, U, h, w) maps: images
+scaled to [0, 1], resized and normalised (:func:`~broden.dissect.models.preprocess`),
+padded to an exported model's fixed batch size, run under autocast when ``amp``, the
+outputs turned into unit maps (:func:`~broden.dissect.hooks.to_unit_maps`). The
+dissection, the report's masks and segmentation all run models through it.
+
+>>> runner = ModelRunner.load("dissect.zoo:resnet18", None, InputPrep(norm, 224), device)
+>>> with runner.capture(["layer4"]) as run:                        # doctest: +SKIP
+...     maps = run(images)["layer4"]                               # (B, 512, 7, 7)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from broden.dissect.errors import DissectError
+from broden.dissect.hooks import LayerCapture, to_unit_maps
+from broden.dissect.models import LoadedModel, Normalization, autocast, load_model, preprocess
+from broden.dissect.summary import ModelRecord, RunSettings
+
+Maps = dict[str, torch.Tensor]
+#: store images (B, S, S, 3) uint8 on the device → each captured layer's (B, U, h, w) maps
+Forward = Callable[[torch.Tensor], Maps]
+
+
+@dataclass(frozen=True)
+class InputPrep:
+    """How store images become the model's input, and its outputs unit maps."""
+
+    normalization: Normalization
+    input_size: int | None = None  # None: the store's image size
+    layout: str = "auto"
+    prefix_tokens: int | None = None
+    amp: bool = False
+
+
+class ModelRunner:
+    """A loaded model on ``device``, fed store images prepared by ``prep``."""
+
+    def __init__(self, loaded: LoadedModel, prep: InputPrep, device: torch.device):
+        self.loaded, self.prep, self.device = loaded, prep, device
+        self.module = loaded.module.to(device)
+
+    @classmethod
+    def load(
+        cls,
+        spec: str | nn.Module,
+        weights: str | os.PathLike[str] | None,
+        prep: InputPrep,
+        device: torch.device,
+    ) -> ModelRunner:
+        """Build or load the model of ``spec`` with ``weights`` (see
+        :mod:`broden.dissect.models`)."""
+        return cls(load_model(spec, weights), prep, device)
+
+    @classmethod
+    def from_record(
+        cls,
+        record: ModelRecord,
+        settings: RunSettings,
+        device: torch.device,
+        module: str | nn.Module | None = None,
+        hint: str = "",
+    ) -> ModelRunner:
+        """The model a layer was dissected with, loaded again from its ``summary.json``
+        record (spec and weights; ``module`` instead of the recorded spec, e.g. for a model
+        given as a Python object), checked against the recorded fingerprint, with the
+        input prepared as recorded (normalisation, input size, layout, prefix tokens,
+        amp). ``hint`` ends every error message (what the caller can do instead)."""
+        spec: str | nn.Module = record.spec if module is None else module
+        if isinstance(spec, str) and spec.startswith("module:"):
+            raise DissectError(
+                f"the model was given as a Python object ({spec}), which cannot be loaded "
+                f"again from its results{hint}"
+            )
+        weights = record.weights if module is None or isinstance(module, str) else None
+        if weights is not None and not Path(weights).is_file():
+            raise DissectError(
+                f"the weights {weights} recorded in summary.json are gone (paths are relative "
+                f"to the folder `broden dissect` ran in){hint}"
+            )
+        try:
+            loaded = load_model(spec, weights)
+        except DissectError as e:
+            raise DissectError(f"the dissected model no longer loads ({e}){hint}") from None
+        if loaded.fingerprint != record.fingerprint:
+            with_weights = f" with weights {weights}" if weights else ""
+            raise DissectError(
+                f"the model {loaded.spec}{with_weights} loads but is not the one dissected "
+                f"(fingerprint {loaded.fingerprint}, recorded {record.fingerprint}): its code "
+                f"or weights changed since, and its thresholds and labels would not apply{hint}"
+            )
+        mean, std = record.normalize
+        prep = InputPrep(
+            Normalization(settings.normalize or "recorded", mean, std),
+            record.input_size,
+            record.layout,
+            record.prefix_tokens,
+            settings.amp,
+        )
+        return cls(loaded, prep, device)
+
+    def batch_size(self, wanted: int) -> int:
+        """Images per batch: ``wanted``, at most an exported model's fixed batch size."""
+        fixed = self.loaded.batch_size
+        return min(wanted, fixed) if fixed else wanted
+
+    def check_layers(self, layers: Sequence[str]) -> None:
+        """:class:`DissectError` (with close matches) for layer names the model lacks."""
+        LayerCapture(self.module, layers)
+
+    @contextmanager
+    def capture(self, layers: Sequence[str], what: str = "a batch") -> Iterator[Forward]:
+        """Hook ``layers``; yield ``run(images)``: (B, S, S, 3) uint8 images on the device →
+        layer → (B, U, h, w) maps (``what`` names the images in error messages)."""
+        fixed = self.loaded.batch_size
+        prep = self.prep
+
+        with LayerCapture(self.module, layers) as cap:
+
+            def run(images: torch.Tensor) -> Maps:
+                x = preprocess(images, prep.normalization, prep.input_size)
+                n = x.shape[0]
+                if fixed is not None and n != fixed:
+                    x = torch.cat([x, x[-1:].expand(fixed - n, *x.shape[1:])])
+                try:
+                    with autocast(self.device, prep.amp):
+                        outs = cap.run(x)
+                except (DissectError, torch.OutOfMemoryError):
+                    raise
+                except Exception as e:
+                    first = str(e).splitlines()[0] if str(e) else ""
+                    raise DissectError(
+                        f"the model failed on {what} of shape {tuple(x.shape)}: "
+                        f"{type(e).__name__}: {first} (check --input-size and --normalize)"
+                    ) from None
+                return {
+                    la: to_unit_maps(outs[la], la, prep.layout, prep.prefix_tokens)[:n]
+                    for la in layers
+                }
+
+            yield run
