@@ -333,6 +333,8 @@ class ADE20K(Adapter):
                 if ann is None:
                     raise SampleError(str(error))
                 sample.part_of = _part_of_from_json(maps, ann)
+            # edges to objects only when objects are taken (as pixel maps are)
+            sample.part_of = [e for e in sample.part_of if e.parent_category in self.categories]
         if "scene" in self.categories and entry.scene:
             sample.image_labels["scene"] = [self._scene_ids[entry.scene]]
         return sample

@@ -5,12 +5,14 @@ a ``transform_key`` that enters the results cache key and ``summary.json``."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from broden.dissect.errors import DissectError
 
-UnitTransform = Callable[[torch.Tensor], torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+UnitTransform = Callable[["torch.Tensor"], "torch.Tensor"]
 #: a layer's transform and its key
 Keyed = tuple[UnitTransform, str]
 
@@ -49,6 +51,8 @@ def apply_transform(
 ) -> torch.Tensor:
     """``transform(maps)`` checked to be (B, U', h, w) floating point (float32 unless
     float64), contiguous; ``maps`` itself without a transform."""
+    import torch
+
     if transform is None:
         return maps
     out = transform(maps)

@@ -13,8 +13,9 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from broden.adapters import SampleError, SourceError
+from broden.adapters import Adapter, SampleError, SourceError
 from broden.adapters.ade20k import ADE20K, normalize_scene
+from broden.adapters.testing import AdapterContract
 from tests.conftest import ADE_IDS, ADE_ROOT, ADE_STREET, DATA
 
 
@@ -328,3 +329,39 @@ def test_part_level_files_are_read_while_they_exist(ade: ADE20K) -> None:
     for i in range(len(ade)):
         counts[i] = len(ade.load(i).pixel["part"])
     assert dict(counts) == {0: 2, 1: 1}
+
+
+class TestADE20KContract(AdapterContract):
+    """The 2021 release sample (both images: the first and the last)."""
+
+    expected_len = len(ADE_IDS)
+    manifest_required = True
+
+    def make_adapter(self) -> Adapter:
+        return ADE20K.from_config({"root": str(ADE_ROOT)})
+
+
+class TestADE20KPartsOnlyContract(AdapterContract):
+    """Parts without objects: no part-of edge may name the object category."""
+
+    expected_len = len(ADE_IDS)
+
+    def make_adapter(self) -> Adapter:
+        return ADE20K.from_config({"root": str(ADE_ROOT)}, categories=["part"])
+
+
+@pytest.fixture(scope="module")
+def release_2016(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ade2016") / "ADE20K_2016_07_26"
+    make_2016_release(root)
+    return root
+
+
+class TestADE20K2016Contract(AdapterContract):
+    """The 2016 layout (index_ade20k.mat) around a real _seg.png."""
+
+    expected_len = 1
+    manifest_required = True
+
+    def make_adapter(self, release_2016: Path) -> Adapter:
+        return ADE20K.from_config({"root": str(release_2016)})

@@ -20,8 +20,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO as PyCOCO
 
-from broden.adapters import SampleError, SourceError
+from broden.adapters import Adapter, SampleError, SourceError
 from broden.adapters.coco import COCO, category_names, paint_layers, rle_string_counts
+from broden.adapters.testing import AdapterContract
 from tests.conftest import DATA
 
 PANOPTIC = DATA / "coco_panoptic" / "sample_data"
@@ -558,3 +559,43 @@ def test_build_from_panoptic_json(tmp_path: Path) -> None:
         assert by_name["person"] in sample.pixel["object"]
         assert set(np.unique(sample.pixel["object"])) <= {0, *by_name.values()}
     assert store.sample(1).source_id == "000000439180.jpg"
+
+
+# -- the adapter contract ------------------------------------------------------------------
+
+
+class TestCOCOPanopticContract(AdapterContract):
+    """The genuine panoptic json and PNGs."""
+
+    expected_len = 2
+    manifest_required = True
+
+    def make_adapter(self) -> Adapter:
+        return COCO.from_config(
+            {"images": PANOPTIC_IMAGES, "annotations": PANOPTIC_JSON, "panoptic": PANOPTIC_PNGS}
+        )
+
+
+class TestCOCOInstancesContract(AdapterContract):
+    """The same images' segments in instances format (panopticapi's converter output)."""
+
+    expected_len = 2
+    manifest_required = True
+
+    def make_adapter(self) -> Adapter:
+        return COCO.from_config({"images": PANOPTIC_IMAGES, "annotations": DETECTION_JSON})
+
+
+@pytest.fixture(scope="module")
+def own_instances(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_instances(tmp_path_factory.mktemp("coco"), instances_doc())
+
+
+class TestCOCOOwnDatasetContract(AdapterContract):
+    """A user's instances json: overlapping layers, crowd RLE, an image without labels."""
+
+    expected_len = 3
+
+    def make_adapter(self, own_instances: tuple[Path, Path]) -> Adapter:
+        images, annotations = own_instances
+        return COCO.from_config({"images": images, "annotations": annotations})

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from broden.adapters import SampleError, SourceError
+from broden.adapters import Adapter, SampleError, SourceError
 from broden.adapters.dtd import DTD
+from broden.adapters.testing import AdapterContract
 from tests.conftest import SAMPLES
 
 
@@ -52,3 +53,11 @@ def test_missing_annotation_file_is_a_source_error(dtd_copy: Path) -> None:
         SourceError, match=r"(?s)does not look like a known release.*dtd-r1\.0\.1\.tar\.gz"
     ):
         DTD.from_config({"root": str(dtd_copy)}).check()
+
+
+class TestDTDContract(AdapterContract):
+    expected_len = 24
+    manifest_required = True
+
+    def make_adapter(self) -> Adapter:
+        return DTD.from_config({"root": str(SAMPLES / "dtd")})

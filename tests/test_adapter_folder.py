@@ -11,6 +11,7 @@ from PIL import Image
 from broden.adapters import SampleError, SourceError
 from broden.adapters.base import Adapter, SourceSample
 from broden.adapters.folder import Folder
+from broden.adapters.testing import AdapterContract
 
 H, W = 24, 32
 
@@ -550,3 +551,20 @@ def test_build_from_masks(tmp_path: Path) -> None:
     assert objects.shape[0] == 2  # road over the cars: a second layer
     assert (objects[0] == np.where(cars[0] | cars[1], by_name["car"], 0)).all()
     assert (objects[1] == np.where(road, by_name["road"], 0)).all()
+
+
+# -- the adapter contract ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def contract_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_mask_folder(tmp_path_factory.mktemp("folder") / "my_concepts")
+
+
+class TestFolderContract(AdapterContract):
+    """Label maps (grey, 16-bit, RGB, palette), masks on top, whole-image labels."""
+
+    expected_len = 4
+
+    def make_adapter(self, contract_root: Path) -> Adapter:
+        return Folder.from_config({"root": str(contract_root)})

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from broden.adapters import SampleError, SourceError
+from broden.adapters import Adapter, SampleError, SourceError
 from broden.adapters.opensurfaces import OpenSurfaces, split_names
+from broden.adapters.testing import AdapterContract
 
 DATA = Path(__file__).parent / "data" / "opensurfaces"
 
@@ -245,3 +246,22 @@ def test_build_stores_opensurfaces_materials(tmp_path: Path, release: Path) -> N
     assert brick.coverage == pytest.approx(3 * 0.25, rel=0.01)
     pixel, _ = store.labels(0)
     assert (pixel["material"][0, :4] == brick.id).all()
+
+
+class TestOpenSurfacesContract(AdapterContract):
+    """The release as the processing script writes it, all three categories."""
+
+    expected_len = len(PHOTOS)
+    manifest_required = True
+
+    def make_adapter(self, release: Path) -> Adapter:
+        return OpenSurfaces.from_config({"root": release}, ["material", "object", "scene"])
+
+
+class TestOpenSurfacesMaterialsContract(AdapterContract):
+    """Broden's configuration (the default): materials only, nothing else in the samples."""
+
+    expected_len = len(PHOTOS)
+
+    def make_adapter(self, release: Path) -> Adapter:
+        return OpenSurfaces.from_config({"root": release})

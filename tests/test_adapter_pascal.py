@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from broden.adapters import SampleError, SourceError
+from broden.adapters import Adapter, SampleError, SourceError
 from broden.adapters.pascal import (
     POSITIONAL_WORDS,
     Pascal,
@@ -21,6 +21,7 @@ from broden.adapters.pascal import (
     parse_part2ind,
     readable_part_name,
 )
+from broden.adapters.testing import AdapterContract
 
 DATA = Path(__file__).parent / "data"
 PARTS = DATA / "pascal_part"
@@ -638,3 +639,13 @@ def test_build_stores_pascal_parts_with_part_of_cat(tmp_path: Path, context_dir:
     row = [store.sample(i).source_id for i in range(len(store))].index("2008_006462")
     pixel, _ = store.labels(row)
     assert (pixel["part"] == leg.id).any() and (pixel["object"] == cat.id).any()
+
+
+class TestPascalContract(AdapterContract):
+    """Real Pascal-Part files with the Pascal-Context files generated above."""
+
+    expected_len = len(IDS)
+    manifest_required = True
+
+    def make_adapter(self, context_dir: Path) -> Adapter:
+        return Pascal.from_config({"images": IMAGES, "context": context_dir, "parts": PARTS})

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from broden.adapters import SampleError, SourceError
+from broden.adapters import Adapter, SampleError, SourceError
 from broden.adapters.ade20k_sceneparsing import ADE20KSceneParsing
+from broden.adapters.testing import AdapterContract
 
 ROOT = Path(__file__).parent / "data" / "ade20k_sceneparsing" / "ADEChallengeData2016"
 VAL = ["ADE_val_00000001", "ADE_val_00000002", "ADE_val_00000003"]
@@ -154,3 +155,11 @@ def test_build_stores_sceneparsing_objects_and_scenes(tmp_path: Path) -> None:
     assert "edifice" in by_name["building"].synonyms or by_name["building"].synonyms == []
     _, image = store.labels(2)
     assert image["scene"][0] == by_name["access_road-s"].id
+
+
+class TestSceneParsingContract(AdapterContract):
+    expected_len = len(VAL)
+    manifest_required = True
+
+    def make_adapter(self) -> Adapter:
+        return ADE20KSceneParsing.from_config({"root": ROOT, "splits": ["validation"]})

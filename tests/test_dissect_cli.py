@@ -201,7 +201,8 @@ def test_missing_torchvision_gets_a_way_out(tiny, tmp_path):
 
 def test_importing_dissect_does_not_import_torch():
     code = (
-        "import sys, broden.dissect, broden.dissect.cli; "
+        "import sys, broden.dissect, broden.dissect.cli, broden.dissect.report, "
+        "broden.dissect.experiments, broden.dissect.settings, broden.dissect.summary; "
         "assert 'torch' not in sys.modules, 'torch imported'; "
         "from broden.cli import app; "
         "assert 'torch' not in sys.modules, 'torch imported by the CLI'"

@@ -22,8 +22,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from broden.adapters import SourceError, get_adapter_class
+from broden.adapters import Adapter, SourceError, get_adapter_class
 from broden.adapters.broden_legacy import BRODEN1_KINDS, BrodenLegacy
+from broden.adapters.testing import AdapterContract
 from broden.build import BuildError, build
 from broden.config import ConfigError, parse_config
 from broden.legacy import ExportError, _Namer, export_legacy, py2_float_str
@@ -236,6 +237,15 @@ def adapter(release: tuple[Path, list[Img]]) -> BrodenLegacy:
     a = BrodenLegacy.from_config({"root": str(release[0])})
     a.check()
     return a  # type: ignore[return-value]
+
+
+class TestBrodenLegacyContract(AdapterContract):
+    """The generated broden1_32 release: samples at its own sizes (32² images, 16² maps)."""
+
+    manifest_required = True
+
+    def make_adapter(self, release: tuple[Path, list[Img]]) -> Adapter:
+        return BrodenLegacy.from_config({"root": str(release[0])})
 
 
 def decode_png(path: Path) -> np.ndarray:

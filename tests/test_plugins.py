@@ -9,6 +9,7 @@ is put on ``sys.path`` (in process) or on ``PYTHONPATH`` (the ``broden`` subproc
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -22,8 +23,9 @@ import pytest
 import yaml
 
 from broden import adapters
-from broden.adapters import SourceError, available_adapters, get_adapter_class
+from broden.adapters import Adapter, SourceError, available_adapters, get_adapter_class
 from broden.adapters.dtd import DTD
+from broden.adapters.testing import AdapterContract
 from broden.config import load_config
 from broden.imaging import label_grid, resize_image, sample_labels
 from broden.store import open_store
@@ -142,6 +144,17 @@ def test_shapes_samples_are_deterministic_and_labeled(on_path: Path) -> None:
         cls.from_config({"root": "/data"})
     with pytest.raises(SourceError, match=r"count: Input should be greater than or equal to 1"):
         cls.from_config({"count": 0})
+
+
+class TestShapesContract(AdapterContract):
+    """The example plugin, installed: the contract also finds it in the registry."""
+
+    expected_len = 5
+    draws_tree = False  # a synthetic source: no folder to draw
+
+    def make_adapter(self, on_path: Path) -> Adapter:
+        shapes: type[Adapter] = importlib.import_module(MODULE).Shapes
+        return shapes.from_config({"count": 5, "size": 32})
 
 
 @pytest.mark.parametrize(
