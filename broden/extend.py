@@ -86,7 +86,6 @@ class AddLayout:
     new: Layout  # the appended rows (row 0 = store row n_old)
 
 
-
 def effective_config(config: BuildConfig, old: StoreAttrs, path: Path) -> BuildConfig:
     """The add's config with the store's fixed settings; a conflicting explicit setting fails."""
     store_cfg = old.build_config

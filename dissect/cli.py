@@ -32,7 +32,6 @@ DISTRIBUTED_HELP = (
 )
 
 
-
 @user_errors
 def dissect_command(
     store: Annotated[Path, typer.Argument(help="the Broden store (a .zarr folder)")],
@@ -75,9 +74,7 @@ def dissect_command(
             "repeatable; default: every image)",
         ),
     ] = None,
-    quantile: Annotated[
-        float, typer.Option(help="top quantile of activations per unit")
-    ] = 0.005,
+    quantile: Annotated[float, typer.Option(help="top quantile of activations per unit")] = 0.005,
     quantile_method: Annotated[
         str, typer.Option(help="exact (numpy.quantile, linear) or ndl (NetDissect-Lite)")
     ] = "exact",
@@ -213,6 +210,7 @@ def dissect_command(
             progress=not quiet,
         )
         typer.echo(f"report: {page}")
+
 
 @user_errors
 def report_command(

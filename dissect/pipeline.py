@@ -148,19 +148,21 @@ def dissect(
     >>> print(res["layer4"].headline())                                # doctest: +SKIP
     """
     t_start = time.perf_counter()
-    st_ = settings or DissectSettings()
+    opts = settings or DissectSettings()
     layers = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
     if not layers:
         raise DissectError("no layers to dissect; name at least one with --layer")
-    norm = parse_normalize(st_.normalize)
+    norm = parse_normalize(opts.normalize)
     st = _open(store)
-    ranks, dev = _ranks(st_.distributed, st_.device)
+    ranks, dev = _ranks(opts.distributed, opts.device)
     given = _resolve_thresholds(thresholds, layers)
     transforms = resolve_transforms(unit_transform, transform_key, layers)
     t0 = time.perf_counter()
     loaded = load_model(model, weights)
-    size = st_.input_size or loaded.input_size or st.image_size
-    runner = ModelRunner(loaded, InputPrep(norm, size, st_.layout, st_.prefix_tokens, st_.amp), dev)
+    size = opts.input_size or loaded.input_size or st.image_size
+    runner = ModelRunner(
+        loaded, InputPrep(norm, size, opts.layout, opts.prefix_tokens, opts.amp), dev
+    )
     runner.check_layers(layers)  # before any work
     t_load = time.perf_counter() - t0
     source = {
@@ -169,19 +171,19 @@ def dissect(
         "fingerprint": loaded.fingerprint,
         "input_size": size,
         "normalize": [list(norm.mean), list(norm.std)],
-        "layout": st_.layout,
-        "prefix_tokens": st_.prefix_tokens,
+        "layout": opts.layout,
+        "prefix_tokens": opts.prefix_tokens,
     }
-    run = Run(st, st_, Path(out), dev, ranks)
+    run = Run(st, opts, Path(out), dev, ranks)
     run.timings["model_load_s"] = round(t_load, 3)
     recorded = {
         "normalize": norm.name,
         "input_size": size,
-        "layout": st_.layout,
-        "prefix_tokens": st_.prefix_tokens,
-        "workers": st_.workers,
-        "cache_activations": st_.cache_activations,
-        "amp": st_.amp,
+        "layout": opts.layout,
+        "prefix_tokens": opts.prefix_tokens,
+        "workers": opts.workers,
+        "cache_activations": opts.cache_activations,
+        "amp": opts.amp,
     }
 
     results: dict[str, DissectionResult] = {}
@@ -191,7 +193,7 @@ def dissect(
         key = run.key(la, source, given.get(la), tkey)
         directory = layer_dir(run.out, la)
         s = {**recorded, "transform": tkey}
-        reused = None if st_.force else run.reuse(la, directory, key, source, s)
+        reused = None if opts.force else run.reuse(la, directory, key, source, s)
         if reused is not None:
             results[la] = reused
         else:
@@ -217,9 +219,7 @@ def _dissect_model(
     names = [j.name for j in jobs]
     fns = {la: fn for la, (fn, _) in transforms.items()}
 
-    def maps_of(
-        images: torch.Tensor, forward: Forward, which: list[str]
-    ) -> Maps:
+    def maps_of(images: torch.Tensor, forward: Forward, which: list[str]) -> Maps:
         got = forward(images)
         return {la: apply_transform(fns.get(la), got[la], la) for la in which}
 
@@ -311,24 +311,24 @@ def score_activations(
     >>> r = score_activations("broden.zarr", "conv5.npy", out="results")  # doctest: +SKIP
     """
     t_start = time.perf_counter()
-    st_ = settings or DissectSettings()
-    if st_.amp:
+    opts = settings or DissectSettings()
+    if opts.amp:
         raise DissectError("--amp applies to a model's forward pass, not to --activations")
     acts, path = open_activations(activations)
     name = layer or (path.stem if path is not None else "activations")
     st = _open(store)
     if len(acts.shape) < 2:
         raise DissectError(f"activations of shape {tuple(acts.shape)}: expected N×U×h×w")
-    ranks, dev = _ranks(st_.distributed, st_.device)
+    ranks, dev = _ranks(opts.distributed, opts.device)
     given = _resolve_thresholds(thresholds, [name])
     transforms = resolve_transforms(unit_transform, transform_key, [name])
     source = {
         "activations": str(path.resolve()) if path is not None else "array",
         "fingerprint": activation_fingerprint(acts, path),
-        "layout": st_.layout,
-        "prefix_tokens": st_.prefix_tokens,
+        "layout": opts.layout,
+        "prefix_tokens": opts.prefix_tokens,
     }
-    run = Run(st, st_, Path(out), dev, ranks)
+    run = Run(st, opts, Path(out), dev, ranks)
     every = acts.shape[0] == len(st)  # else: one row per selected image
     if not every and acts.shape[0] != run.n_images:
         sel = f" ({run.n_images} of --sources {','.join(run.sources)})" if run.sources else ""
@@ -340,29 +340,31 @@ def score_activations(
     key = run.key(name, source, given.get(name), tkey)
     directory = layer_dir(run.out, name)
     recorded = {
-        "layout": st_.layout,
-        "prefix_tokens": st_.prefix_tokens,
+        "layout": opts.layout,
+        "prefix_tokens": opts.prefix_tokens,
         "transform": tkey,
-        "workers": st_.workers,
+        "workers": opts.workers,
     }
-    reused = None if st_.force else run.reuse(name, directory, key, source, recorded)
+    reused = None if opts.force else run.reuse(name, directory, key, source, recorded)
     if reused is not None:
         return reused
     job = LayerJob(name, directory, key, given.get(name))
     transform = transforms[name][0] if name in transforms else None
-    rows = ActivationRows(acts, name, st_.layout, st_.prefix_tokens, None if every else run.images)
+    rows = ActivationRows(
+        acts, name, opts.layout, opts.prefix_tokens, None if every else run.images
+    )
 
     def read(indices: np.ndarray) -> dict[str, torch.Tensor]:
         return {name: apply_transform(transform, rows.maps(indices, dev), name)}
 
     def batches(labels: bool) -> Batches:
         ds = run.batches(images=False, labels=labels)
-        for batch in iterate(ds, st_.workers, dev):
+        for batch in iterate(ds, opts.workers, dev):
             yield batch, read(batch.indices())
 
-    with device_errors(dev, st_.batch_size), torch.inference_mode():
+    with device_errors(dev, opts.batch_size), torch.inference_mode():
         probe = read(run.images[:1])
-    job.setup(probe[name], run.n_images, st_, run.tables, st.label_size)
+    job.setup(probe[name], run.n_images, opts, run.tables, st.label_size)
     run.passes = 1 if job.given is not None else 2
     run.run_passes([job], batches, lambda todo: batches(True))
     run.timings["total_s"] = round(time.perf_counter() - t_start, 3)

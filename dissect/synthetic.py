@@ -103,6 +103,7 @@ def write_store(
         package_version="0",
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+
     def blocks() -> Iterator[Block]:
         for start in range(0, N, shard):
             stop = min(start + shard, N)

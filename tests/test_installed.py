@@ -56,8 +56,15 @@ TOP_LEVEL = "broden"
 #: without git, what a repository copy leaves out: at the top, and at any depth
 #: (broden/build/ is a package, only the top-level build/ is an output)
 COPY_IGNORE_TOP = {".git", ".venv", "build", "dist", "demo-out", "results", ".bench"}
-COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.zarr", "*.zarr.build",
-                                     ".pytest_cache", ".mypy_cache", ".ruff_cache")
+COPY_IGNORE = shutil.ignore_patterns(
+    "__pycache__",
+    "*.egg-info",
+    "*.zarr",
+    "*.zarr.build",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+)
 ADAPTERS_MARK = "adapterhub-stand-in"
 DISSECT_MARK = "fox-it-stand-in"
 TIMEOUT = 300
@@ -69,21 +76,38 @@ TIMEOUT = 300
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment for subprocesses: no PYTHONPATH or venv of the caller leaks in, pip
     reads no user configuration and never asks or checks for a newer version."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV",
-                        "PYTHONUSERBASE", "__PYVENV_LAUNCHER__")
-           and not k.startswith("PIP_")}
-    env.update(PYTHONNOUSERSITE="1", PIP_CONFIG_FILE=os.devnull, PIP_NO_INPUT="1",
-               PIP_DISABLE_PIP_VERSION_CHECK="1", **extra)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "PYTHONPATH",
+            "PYTHONHOME",
+            "PYTHONSTARTUP",
+            "VIRTUAL_ENV",
+            "PYTHONUSERBASE",
+            "__PYVENV_LAUNCHER__",
+        )
+        and not k.startswith("PIP_")
+    }
+    env.update(
+        PYTHONNOUSERSITE="1",
+        PIP_CONFIG_FILE=os.devnull,
+        PIP_NO_INPUT="1",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        **extra,
+    )
     return env
 
 
-def run(cmd: Sequence[str | Path], cwd: Path, *, check: bool = True,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: Sequence[str | Path], cwd: Path, *, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``cmd`` run from ``cwd``; with ``check``, a failure shows its output in full."""
     args = [str(c) for c in cmd]
-    result = subprocess.run(args, cwd=cwd, env=env or clean_env(), capture_output=True,
-                            text=True, timeout=TIMEOUT)
+    result = subprocess.run(
+        args, cwd=cwd, env=env or clean_env(), capture_output=True, text=True, timeout=TIMEOUT
+    )
     if check and result.returncode != 0:
         pytest.fail(
             f"command failed (exit {result.returncode}): {' '.join(args)}\n  in {cwd}\n"
@@ -110,8 +134,19 @@ def source_files(repo: Path) -> list[str]:
     ignore), relative paths; without git, every file less the build outputs."""
     try:
         out = subprocess.run(
-            ["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others",
-             "--exclude-standard"], capture_output=True, timeout=60, check=True,
+            [
+                "git",
+                "-C",
+                str(repo),
+                "ls-files",
+                "-z",
+                "--cached",
+                "--others",
+                "--exclude-standard",
+            ],
+            capture_output=True,
+            timeout=60,
+            check=True,
         ).stdout.decode()
         files = [f for f in out.split("\0") if f and (repo / f).is_file()]
         if files:
@@ -122,8 +157,11 @@ def source_files(repo: Path) -> list[str]:
     for root, dirs, names in os.walk(repo):
         skip = COPY_IGNORE(root, dirs) | (COPY_IGNORE_TOP if Path(root) == repo else set())
         dirs[:] = sorted(set(dirs) - skip)
-        found += [Path(root, n).relative_to(repo).as_posix() for n in names
-                  if n not in COPY_IGNORE(root, names)]
+        found += [
+            Path(root, n).relative_to(repo).as_posix()
+            for n in names
+            if n not in COPY_IGNORE(root, names)
+        ]
     return sorted(found)
 
 
@@ -139,8 +177,17 @@ def copy_repo(dst: Path, files: Sequence[str]) -> Path:
 def build_wheel(project: Path, out: Path) -> Path:
     """The wheel of ``project``, by the development venv's pip without build isolation."""
     out.mkdir(parents=True, exist_ok=True)
-    pip("wheel", "--no-deps", "--no-build-isolation", "--no-index", "--no-cache-dir",
-        "-w", out, project, cwd=project)
+    pip(
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "--no-cache-dir",
+        "-w",
+        out,
+        project,
+        cwd=project,
+    )
     wheels = sorted(out.glob("*.whl"))
     assert len(wheels) == 1, f"pip wheel made {wheels} in {out}, expected one wheel"
     return wheels[0]
@@ -207,8 +254,10 @@ def wheel_problems(repo: Path, files: Sequence[str], wheel: Path) -> list[str]:
         f"pyproject.toml, so the wheel lacks {', '.join(files)}"
         for package, files in forgotten.items()
     ]
-    problems += [f"the wheel has {n}, which is no file of the package folders"
-                 for n in sorted(names - expected - info)]
+    problems += [
+        f"the wheel has {n}, which is no file of the package folders"
+        for n in sorted(names - expected - info)
+    ]
     tops = sorted({n.split("/")[0] for n in names - info})
     if tops != [TOP_LEVEL]:
         problems.append(f"the wheel's top-level names are {tops}, expected only {TOP_LEVEL!r}")
@@ -221,8 +270,7 @@ def sources() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def wheel_build(tmp_path_factory: pytest.TempPathFactory,
-                sources: list[str]) -> tuple[Path, Path]:
+def wheel_build(tmp_path_factory: pytest.TempPathFactory, sources: list[str]) -> tuple[Path, Path]:
     """(the repository copy, its wheel): built once, so the working tree is not touched."""
     base = tmp_path_factory.mktemp("wheel")
     repo = copy_repo(base / "repo", sources)
@@ -242,7 +290,7 @@ def installed_folder(package: str) -> Path:
     ``dissect/report``)."""
     for folder, root in sorted(FOLDERS.items(), key=lambda kv: -len(kv[1])):
         if package == root or package.startswith(root + "."):
-            return REPO / folder / Path(*package[len(root):].split(".")[1:])
+            return REPO / folder / Path(*package[len(root) :].split(".")[1:])
     return REPO / "does-not-exist" / package
 
 
@@ -253,7 +301,6 @@ def test_pyproject_maps_the_folders_under_one_name() -> None:
     assert not stale, f"pyproject.toml lists packages without a folder: {stale}"
 
 
-
 def test_wheel_holds_every_module_and_data_file(
     wheel_build: tuple[Path, Path], sources: list[str]
 ) -> None:
@@ -262,10 +309,14 @@ def test_wheel_holds_every_module_and_data_file(
     assert not problems, "the wheel is not the installed layout:\n  " + "\n  ".join(problems)
     names = wheel_names(wheel)
     # a few of the files the installed package reads, by name
-    for path in ("broden/adapters/dtd.py", "broden/dissect/report/page.py",
-                 "broden/data_manifests/dtd.yaml", "broden/data_manifests/w2color.npy",
-                 "broden/data_manifests/synonyms_preferred.csv",
-                 "broden/dissect/report/templates/report.html.j2"):
+    for path in (
+        "broden/adapters/dtd.py",
+        "broden/dissect/report/page.py",
+        "broden/data_manifests/dtd.yaml",
+        "broden/data_manifests/w2color.npy",
+        "broden/data_manifests/synonyms_preferred.csv",
+        "broden/dissect/report/templates/report.html.j2",
+    ):
         assert path in names, f"{path} is not in the wheel"
 
 
@@ -354,8 +405,7 @@ def make_wheel(out: Path, name: str, version: str, files: dict[str, str]) -> Pat
         "Summary: a stand-in for the tests of broden's installed layout\n"
     ).encode()
     contents[f"{info}/WHEEL"] = (
-        b"Wheel-Version: 1.0\nGenerator: broden-tests\nRoot-Is-Purelib: true\n"
-        b"Tag: py3-none-any\n"
+        b"Wheel-Version: 1.0\nGenerator: broden-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
     )
     record = [record_line(p, d) for p, d in contents.items()] + [f"{info}/RECORD,,"]
     contents[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
@@ -372,13 +422,23 @@ def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     ours) and ``dissect.cstruct`` 0.0.1 (under the namespace package ``dissect``)."""
     out = tmp_path_factory.mktemp("stand-ins")
     return [
-        make_wheel(out, "adapters", "0.0.1", {
-            "adapters/__init__.py": f"MARK = {ADAPTERS_MARK!r}\n",
-            "adapters/base.py": f"MARK = {ADAPTERS_MARK + ' base'!r}\n",
-        }),
-        make_wheel(out, "dissect.cstruct", "0.0.1", {
-            "dissect/cstruct/__init__.py": f"MARK = {DISSECT_MARK!r}\n",
-        }),
+        make_wheel(
+            out,
+            "adapters",
+            "0.0.1",
+            {
+                "adapters/__init__.py": f"MARK = {ADAPTERS_MARK!r}\n",
+                "adapters/base.py": f"MARK = {ADAPTERS_MARK + ' base'!r}\n",
+            },
+        ),
+        make_wheel(
+            out,
+            "dissect.cstruct",
+            "0.0.1",
+            {
+                "dissect/cstruct/__init__.py": f"MARK = {DISSECT_MARK!r}\n",
+            },
+        ),
     ]
 
 
@@ -412,8 +472,13 @@ class Venv:
 
     def __init__(self, root: Path, dev_site: Path, cwd: Path) -> None:
         self.root, self.cwd = root, cwd
-        made = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)],
-                              capture_output=True, text=True, timeout=TIMEOUT, env=clean_env())
+        made = subprocess.run(
+            [sys.executable, "-m", "venv", "--without-pip", str(root)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            env=clean_env(),
+        )
         self.python = root / "bin" / "python"
         if made.returncode != 0 or not self.python.exists():
             pytest.skip(f"cannot create a virtual environment here: {made.stderr.strip()}")
@@ -425,8 +490,14 @@ class Venv:
         return pip("--python", self.python, *args, cwd=self.cwd, check=check)
 
     def install(self, *wheels: Path) -> None:
-        self.pip("install", "--no-deps", "--no-index", "--no-cache-dir",
-                 "--no-warn-script-location", *wheels)
+        self.pip(
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--no-cache-dir",
+            "--no-warn-script-location",
+            *wheels,
+        )
 
     def probe(self) -> dict:
         """What the venv's python imports (``PROBE``), from the neutral folder."""
@@ -550,7 +621,11 @@ def neutral(tmp_path: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("order", ["stand-ins-first", "broden-first"])
 def test_installs_next_to_adapters_and_dissect(
-    order: str, tmp_path: Path, neutral: Path, dev_site: Path, wheel: Path,
+    order: str,
+    tmp_path: Path,
+    neutral: Path,
+    dev_site: Path,
+    wheel: Path,
     stand_ins: list[Path],
 ) -> None:
     venv = Venv(tmp_path / "venv", dev_site, neutral)
@@ -578,8 +653,11 @@ def test_installs_next_to_adapters_and_dissect(
     # pip check: the dependencies come from the development venv's packages; only a
     # complaint naming broden (or a stand-in) is ours to fail on
     checked = venv.pip("check", check=False)
-    ours = [line for line in (checked.stdout + checked.stderr).splitlines()
-            if re.match(r"(broden|adapters|dissect)\b", line, re.I)]
+    ours = [
+        line
+        for line in (checked.stdout + checked.stderr).splitlines()
+        if re.match(r"(broden|adapters|dissect)\b", line, re.I)
+    ]
     assert not ours, f"pip check:\n{checked.stdout}{checked.stderr}"
 
 
@@ -600,8 +678,12 @@ def test_editable_install_maps_the_repository_folders() -> None:
     import broden.data_manifests
     import broden.dissect
 
-    for module, folder in ((broden, "broden"), (broden.adapters, "adapters"),
-                           (broden.dissect, "dissect"), (broden.data_manifests, "data_manifests")):
+    for module, folder in (
+        (broden, "broden"),
+        (broden.adapters, "adapters"),
+        (broden.dissect, "dissect"),
+        (broden.data_manifests, "data_manifests"),
+    ):
         assert Path(module.__file__ or "").resolve() == REPO / folder / "__init__.py", (
             f"{module.__name__} comes from {module.__file__}, not from {folder}/"
         )
@@ -609,8 +691,9 @@ def test_editable_install_maps_the_repository_folders() -> None:
     double = []
     for name, file in loaded_files():
         for root, package in roots.items():
-            if file.is_relative_to(root) and not (name == package or
-                                                  name.startswith(package + ".")):
+            if file.is_relative_to(root) and not (
+                name == package or name.startswith(package + ".")
+            ):
                 double.append(f"{name} ({file.relative_to(REPO)})")
     assert not double, (
         "modules of the repository are loaded under their folder names, a second copy "

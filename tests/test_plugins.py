@@ -54,9 +54,7 @@ def install(
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
     lines = [f"{ep} = {target}" for ep, target in entry_points.items()]
-    (info / "entry_points.txt").write_text(
-        f"[{group}]\n" + "\n".join(lines) + "\n"
-    )
+    (info / "entry_points.txt").write_text(f"[{group}]\n" + "\n".join(lines) + "\n")
     return site
 
 

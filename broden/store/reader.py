@@ -249,5 +249,3 @@ class BrodenStore:
 def open_store(path: str | Path, require_complete: bool = True) -> BrodenStore:
     """Open a store for reading; :class:`StoreError` if it is missing, foreign or incomplete."""
     return BrodenStore(path, require_complete=require_complete)
-
-

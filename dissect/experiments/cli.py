@@ -27,9 +27,7 @@ def compare_command(
             show_default=False,
         ),
     ],
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="folder for comparison.csv/.png/.svg")
-    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for comparison.csv/.png/.svg")],
     iou_threshold: Annotated[
         float | None,
         typer.Option(help="re-score every layer at this IoU threshold (default: each run's)"),
@@ -45,6 +43,7 @@ def compare_command(
         typer.echo(f"warning: {w}", err=True)
     typer.echo(res.format())
     typer.echo(f"comparison: {res.csv}, {', '.join(str(p) for p in res.figures)}")
+
 
 @user_errors
 def segment_command(
@@ -66,9 +65,7 @@ def segment_command(
         float | None,
         typer.Option(help="units with IoU above this (default: the run's IoU threshold)"),
     ] = None,
-    store: Annotated[
-        Path | None, typer.Option(help="the store that IMAGE indexes into")
-    ] = None,
+    store: Annotated[Path | None, typer.Option(help="the store that IMAGE indexes into")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
 ) -> None:
     """Segment an image with a layer's detector units (each unit's mask in its own
@@ -77,9 +74,7 @@ def segment_command(
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ExperimentWarning)
-        seg = segment(
-            image, results, store=store, top=top, min_iou=min_iou, device=device, out=out
-        )
+        seg = segment(image, results, store=store, top=top, min_iou=min_iou, device=device, out=out)
     for w in caught:
         if issubclass(w.category, ExperimentWarning):
             typer.echo(f"warning: {w.message}", err=True)
