@@ -163,8 +163,14 @@ def parse_config(
         raise ConfigError(f"{origin}: invalid build config:\n{problems}") from None
 
 
-def load_config(path: Path) -> BuildConfig:
-    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) build config."""
+def load_config(path: str | os.PathLike[str]) -> BuildConfig:
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) build config.
+
+    >>> cfg = load_config("configs/broden1.yaml")                  # doctest: +SKIP
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a folder, not a YAML or TOML file")
     try:
         text = path.read_bytes()
     except FileNotFoundError:
@@ -195,12 +201,39 @@ def make_adapters(config: BuildConfig) -> list[tuple[str, Adapter]]:
     return out
 
 
+#: configs installed with the package: name → (package, file)
+BUNDLED = {
+    "sample": ("broden.samples", "broden-sample.yaml"),
+    "broden1": ("broden.configs", "broden1.yaml"),
+}
+
+
+def bundled_config_path(name: str) -> Path:
+    """The file of a bundled config: ``sample`` (the sample sources, built by ``broden build``
+    with no config) or ``broden1`` (Broden's five sources under ``$BRODEN_DATA``)."""
+    from importlib import resources
+
+    if name not in BUNDLED:
+        raise ConfigError(f"no bundled config {name!r}; the bundled ones are {sorted(BUNDLED)}")
+    package, file = BUNDLED[name]
+    path = Path(str(resources.files(package).joinpath(file)))
+    if not path.is_file():
+        raise ConfigError(f"the bundled config {name!r} ({path}) is missing from the installation")
+    return path
+
+
 def sample_config_path() -> Path:
-    """The bundled sample config (``samples/broden-sample.yaml`` of a repository clone)."""
-    path = Path(__file__).resolve().parent.parent / "samples" / "broden-sample.yaml"
+    """The bundled sample config (installed with the package, with its sample sources)."""
+    return bundled_config_path("sample")
+
+
+def resolve_config(spec: str | os.PathLike[str]) -> Path:
+    """A config file by path, or by the name of a bundled config when no such file exists
+    (``broden build broden1``)."""
+    path = Path(spec)
+    if not path.exists() and str(spec) in BUNDLED:
+        return bundled_config_path(str(spec))
     if not path.exists():
-        raise ConfigError(
-            "the bundled sample data lives in the samples/ folder of a clone of the broden "
-            "repository, and is not installed with the package; pass a config file instead"
-        )
+        names = ", ".join(sorted(BUNDLED))
+        raise ConfigError(f"config file {path} does not exist (bundled configs: {names})")
     return path

@@ -25,6 +25,7 @@ the development install as the thing to replace nor finds two ``broden`` distrib
 
 from __future__ import annotations
 
+import ast
 import base64
 import configparser
 import hashlib
@@ -51,6 +52,8 @@ FOLDERS = {
     "adapters": "broden.adapters",
     "dissect": "broden.dissect",
     "data_manifests": "broden.data_manifests",
+    "samples": "broden.samples",
+    "configs": "broden.configs",
 }
 TOP_LEVEL = "broden"
 #: without git, what a repository copy leaves out: at the top, and at any depth
@@ -226,34 +229,20 @@ def package_of(rel: str) -> tuple[str, str]:
 
 def wheel_problems(repo: Path, files: Sequence[str], wheel: Path) -> list[str]:
     """What is wrong with ``wheel`` as the build of ``repo`` (whose files are ``files``):
-    files of the package folders that it lacks (a forgotten subpackage is named), files it
-    should not have, top-level names besides broden."""
-    listed = set(pyproject(repo)["tool"]["setuptools"]["packages"])
+    files of the package folders that it lacks (naming their package), files it should not
+    have, top-level names besides broden."""
     sources = {p: f for f in files if (p := installed_path(f)) is not None}
     expected = set(sources)
     names = wheel_names(wheel)
     info = {n for n in names if n.split("/")[0].endswith(".dist-info")}
     problems: list[str] = []
-
-    forgotten: dict[str, list[str]] = {}
     for path in sorted(expected - names):
         rel = sources[path]
         package, folder = package_of(rel)
-        if package not in listed and rel.endswith(".py"):
-            forgotten.setdefault(f"{package} (folder {folder}/)", []).append(rel)
-        elif rel.endswith(".py"):
-            problems.append(f"module {rel} is not in the wheel at {path}")
-        else:
-            problems.append(
-                f"data file {rel} is not in the wheel at {path}: add a pattern for it to "
-                "[tool.setuptools.package-data] in pyproject.toml (or move it out of the "
-                "package folders)"
-            )
-    problems += [
-        f"package {package} is missing from the `packages` list of [tool.setuptools] in "
-        f"pyproject.toml, so the wheel lacks {', '.join(files)}"
-        for package, files in forgotten.items()
-    ]
+        what = "module" if rel.endswith(".py") else "data file"
+        problems.append(
+            f"{what} {rel} (package {package}, folder {folder}/) is not in the wheel at {path}"
+        )
     problems += [
         f"the wheel has {n}, which is no file of the package folders"
         for n in sorted(names - expected - info)
@@ -285,20 +274,18 @@ def wheel(wheel_build: tuple[Path, Path]) -> Path:
 # --- the wheel and the sdist ----------------------------------------------------------------
 
 
-def installed_folder(package: str) -> Path:
-    """The repository folder of an installed package name (``broden.dissect.report`` →
-    ``dissect/report``)."""
-    for folder, root in sorted(FOLDERS.items(), key=lambda kv: -len(kv[1])):
-        if package == root or package.startswith(root + "."):
-            return REPO / folder / Path(*package[len(root) :].split(".")[1:])
-    return REPO / "does-not-exist" / package
-
-
-def test_pyproject_maps_the_folders_under_one_name() -> None:
-    config = pyproject()["tool"]["setuptools"]
-    assert config["package-dir"] == {package: folder for folder, package in FOLDERS.items()}
-    stale = [p for p in config["packages"] if not installed_folder(p).is_dir()]
-    assert not stale, f"pyproject.toml lists packages without a folder: {stale}"
+def test_setup_maps_the_folders_under_one_name() -> None:
+    """setup.py's folder → package mapping is the one these tests check the wheel against."""
+    tree = ast.parse((REPO / "setup.py").read_text())
+    (mapping,) = [
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "FOLDERS"
+    ]
+    assert mapping == {package: folder for folder, package in FOLDERS.items()}
+    assert "tool" not in pyproject() or "setuptools" not in pyproject()["tool"], (
+        "the package layout is setup.py's; pyproject.toml must not set packages too"
+    )
 
 
 def test_wheel_holds_every_module_and_data_file(
@@ -353,17 +340,22 @@ def test_wheel_metadata_and_entry_points(wheel: Path) -> None:
             )
 
 
-def test_a_forgotten_subpackage_is_named(tmp_path: Path, sources: list[str]) -> None:
-    """The wheel check catches a subpackage missing from pyproject's `packages` list."""
+def test_a_new_subpackage_or_data_folder_ships_without_editing_a_list(
+    tmp_path: Path, sources: list[str]
+) -> None:
+    """setup.py lists the packages from the tree: new folders of code or data ship."""
     repo = copy_repo(tmp_path / "repo", sources)
     (repo / "dissect" / "newpart").mkdir()
     (repo / "dissect" / "newpart" / "__init__.py").write_text('"""A new subpackage."""\n')
     (repo / "dissect" / "newpart" / "thing.py").write_text("X = 1\n")
+    (repo / "samples" / "extra").mkdir()
+    (repo / "samples" / "extra" / "labels.csv").write_text("id,name\n1,thing\n")
     files = [*sources, "dissect/newpart/__init__.py", "dissect/newpart/thing.py"]
-    problems = wheel_problems(repo, files, build_wheel(repo, tmp_path / "dist"))
-    assert len(problems) == 1, problems
-    assert "package broden.dissect.newpart" in problems[0]
-    assert "dissect/newpart/thing.py" in problems[0] and "pyproject.toml" in problems[0]
+    files += ["samples/extra/labels.csv"]
+    wheel = build_wheel(repo, tmp_path / "dist")
+    assert wheel_problems(repo, files, wheel) == []
+    assert "broden/dissect/newpart/thing.py" in wheel_names(wheel)
+    assert "broden/samples/extra/labels.csv" in wheel_names(wheel)
 
 
 def test_sdist_builds_the_same_wheel(tmp_path: Path, sources: list[str], wheel: Path) -> None:
@@ -659,6 +651,30 @@ def test_installs_next_to_adapters_and_dissect(
         if re.match(r"(broden|adapters|dissect)\b", line, re.I)
     ]
     assert not ours, f"pip check:\n{checked.stdout}{checked.stderr}"
+
+
+@pytest.mark.slow
+def test_a_first_session_from_the_wheel(
+    tmp_path: Path, neutral: Path, dev_site: Path, wheel: Path, stand_ins: list[Path]
+) -> None:
+    """What a user does first after `pip install broden-*.whl`, in a folder outside any
+    clone, next to AdapterHub's adapters: the version, the bundled sample built (its files
+    are package data), dissected and reported."""
+    venv = Venv(tmp_path / "venv", dev_site, neutral)
+    venv.install(*stand_ins)
+    venv.install(wheel)
+    version = venv.broden("--version").stdout
+    assert version == f"broden {pyproject()['project']['version']}\n", version
+    built = venv.broden("build", "-q")
+    assert "images: 26  (ade20k 2, dtd 24)" in built.stdout, built.stdout
+    assert (neutral / "broden-sample.zarr" / "zarr.json").is_file()
+    assert "valid" in venv.broden("validate", "broden-sample.zarr").stdout
+    args = ["--model", "dissect.zoo:resnet18", "--layer", "layer4", "--out", "out"]
+    dissected = venv.broden("dissect", "broden-sample.zarr", *args, "--workers", "0", "-q")
+    assert "layer4: " in dissected.stdout and " of 512 units are detectors" in dissected.stdout
+    assert (neutral / "out" / "report.html").is_file()
+    page = venv.broden("report", "out", "--top-k", "3", "-q").stdout
+    assert page.strip() == f"report: {Path('out') / 'report.html'}", page
 
 
 # --- the development environment ------------------------------------------------------------
