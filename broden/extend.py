@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -120,12 +121,15 @@ def add(
     progress: bool = True,
     adapters: list[tuple[str, Adapter]] | None = None,
     dask: str | None = None,
+    backup: bool = False,
 ) -> BuildSummary:
     """Add the sources of ``config`` to the complete store at ``store`` (see the module doc).
 
     ``workers``, ``dask``, ``strict`` and ``progress`` work as in :func:`broden.build.build`.
     The config's ``min_frequency``/``min_coverage`` apply to the new labels; the store's
-    image size, colors, suffixes, splits, synonyms and shard size are kept.
+    image size, colors, suffixes, splits, synonyms and shard size are kept. ``backup``:
+    copy the store to ``STORE.orig`` first (:func:`backup_path`; what ``broden concepts
+    --diff STORE.orig STORE`` compares with).
     """
     t0 = time.perf_counter()
     out = Path(store)
@@ -182,6 +186,8 @@ def add(
             "files); run that command again to finish it first"
         )
 
+    if backup and attrs.complete:  # before anything changes (a resumed add has its copy)
+        _backup(out)
     records = start_staging(staging, plan)
     if not old_file.exists():
         old_digests = {
@@ -412,3 +418,22 @@ def _finalize(
                 digests[name].append(shard_digest(np.zeros((rows, *arr.shape[1:]), arr.dtype)))
     writer.finish(attrs, digests, concepts)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def backup_path(store: Path) -> Path:
+    """Where ``broden add --backup`` copies a store before adding: ``STORE.orig``."""
+    return store.with_name(store.name + ".orig")
+
+
+def _backup(store: Path) -> Path:
+    dest = backup_path(store)
+    if dest.exists():
+        raise BuildError(
+            f"{dest} exists (the backup of an earlier add?); move it away, or add without "
+            "--backup"
+        )
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(store, tmp)
+    os.replace(tmp, dest)  # whole or not at all
+    return dest

@@ -201,13 +201,14 @@ def dissect_command(
     if report:
         from broden.dissect.report import write_report
 
-        page = write_report(
+        page = write_report(  # the layers of this run: OUT may hold others, of other stores
             out,
             store=store,
             top_k=top_k,
             device=device,
             batch_size=batch_size,
             progress=not quiet,
+            layers=[r.directory.name for r in results],
         )
         typer.echo(f"report: {page}")
 
@@ -227,6 +228,10 @@ def report_command(
     tile_size: Annotated[int, typer.Option(help="pixels per image in the strips")] = 112,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
     batch_size: Annotated[int, typer.Option(help="images per batch")] = 32,
+    layer: Annotated[
+        list[str] | None,
+        typer.Option("--layer", "-l", help="only this layer folder of OUT (repeatable)"),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Write OUT/report.html: per layer the detector headline, a bar chart by category
@@ -242,6 +247,7 @@ def report_command(
         device=device,
         batch_size=batch_size,
         progress=not quiet,
+        layers=layer or None,
     )
     typer.echo(f"report: {page}")
 

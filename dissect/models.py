@@ -11,7 +11,9 @@ Model specs (``--model``):
     the built-in model zoo, :mod:`broden.dissect.zoo` (``dissect.zoo`` is the short name of
     that module in a spec; ``broden.dissect.zoo:NAME`` is the same model).
 ``package.module:factory``
-    ``factory()`` from an importable module, returning an ``nn.Module``.
+    ``factory()`` from an importable module, returning an ``nn.Module``; modules in the
+    current folder are importable, as with ``python -m`` (the folder is put on the import
+    path).
 a TorchScript file (``torch.jit.save``; ``.pt``, ``.pth``, ``.ts``, ...)
     loaded with ``torch.jit.load``; only ``--layer output[.N]`` can be captured.
 a ``torch.export`` file (``.pt2``)
@@ -34,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,6 +158,9 @@ MODULE_ALIASES = {"dissect.zoo": "broden.dissect.zoo"}
 
 def _factory(spec: str) -> nn.Module:
     mod_name, _, fn_name = spec.partition(":")
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)  # as `python -m` does: a module beside the user imports
     try:
         mod = importlib.import_module(MODULE_ALIASES.get(mod_name, mod_name))
     except Exception as e:

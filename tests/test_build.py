@@ -234,3 +234,21 @@ def test_split_rule_is_brodens_md5_rule() -> None:
         )
     shares = [split_of("dtd", f"{i}.jpg", {"train": 0.7, "val": 0.3}) for i in range(2000)]
     assert 0.66 < shares.count("train") / 2000 < 0.74
+
+
+def test_a_script_without_a_main_guard_gets_the_reason_its_workers_died(tmp_path: Path) -> None:
+    """workers > 1 start spawned processes that import the calling script again; a script
+    that builds at import time then kills them all, and the message says why."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from broden import build, load_config\n"
+        "from broden.config import sample_config_path\n"
+        "build(load_config(sample_config_path()), 'out.zarr', workers=2, progress=False)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode != 0
+    assert "a build worker process died" in r.stderr
+    assert f"if {script} calls broden's build or add with workers > 1" in r.stderr
+    assert 'if __name__ == "__main__":' in r.stderr

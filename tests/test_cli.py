@@ -87,3 +87,82 @@ def test_adapters_lists_the_builtins() -> None:
     assert result.exit_code == 0
     names = [line.split()[0] for line in result.stdout.splitlines()]
     assert {"ade20k", "dtd"} <= set(names)
+
+
+def test_version_and_shell_completion() -> None:
+    from broden.build.summary import package_version
+
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.stdout == f"broden {package_version()}\n"
+    r = runner.invoke(app, ["--help"])
+    assert "--install-completion" in r.stdout and "--version" in r.stdout
+
+
+def test_usage_errors_are_one_error_line_too(tmp_path: Path) -> None:
+    """click's own checks (a value out of range, an unknown command, a missing value or
+    argument) end like broden's: one line, exit 2, no boxed panel."""
+    for args, want in (
+        (["build", "--workers", "0"], "Invalid value for '--workers'"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["build", "--dask"], "Option '--dask' requires an argument"),
+        (["concepts"], "missing STORE (or --diff OLD NEW)"),
+        (["info"], "Missing argument 'store'"),
+    ):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, (args, r.output)
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and want in lines[0], lines
+        assert "╭" not in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, [])
+    assert r.exit_code == 0 and "Usage: " in r.output and "COMMAND" in r.output  # the help
+
+
+def test_help_keeps_brackets_that_are_not_markup() -> None:
+    r = runner.invoke(app, ["build", "--help"], env={"COLUMNS": "300"})
+    assert "needs broden[dask]" in r.stdout
+    r = runner.invoke(app, ["dissect", "--help"], env={"COLUMNS": "300"})
+    assert "cuda[:N]" in r.stdout
+
+
+def test_tree_of_one_category(sample_store_path: Path) -> None:
+    r = runner.invoke(app, ["concepts", str(sample_store_path), "--tree", "--category", "part"])
+    assert r.exit_code == 0
+    heads = [line.split(" (")[0] for line in r.stdout.splitlines() if not line.startswith(" ")]
+    assert heads == ["part"]
+    assert any("rim  part of: wheel (964 px)" in line for line in r.stdout.splitlines())
+
+
+def test_info_names_an_unfinished_build_and_how_to_resume(tmp_path: Path) -> None:
+    import json as json_
+
+    from broden.build.staging import atomic_write_json, staging_path
+
+    store = tmp_path / "s.zarr"
+    staging = staging_path(store)
+    (staging / "tasks").mkdir(parents=True)
+    (staging / "written").mkdir()
+    atomic_write_json(staging / "plan.json", {"fingerprint": "x", "tasks": 7})
+    atomic_write_json(staging / "tasks" / "00000.json", {"task": 0})
+    r = runner.invoke(app, ["info", str(store)])
+    assert r.exit_code == 0, r.output
+    assert "not written yet: a build is in progress or was interrupted" in r.stdout
+    assert "1 of 7 tasks prepared" in r.stdout and "run the same `broden build`" in r.stdout
+    info = json_.loads(runner.invoke(app, ["info", str(store), "--json"]).stdout)
+    assert info["complete"] is False
+    assert info["in_progress"]["tasks"] == 7 and info["in_progress"]["kind"] == "build"
+    r = runner.invoke(app, ["info", str(tmp_path / "other.zarr")])
+    assert r.exit_code == 2 and "no such store" in r.stderr
+
+
+def test_bundled_configs_by_name(tmp_path: Path, monkeypatch) -> None:
+    from broden.config import bundled_config_path, load_config, resolve_config
+
+    assert resolve_config("sample") == bundled_config_path("sample")
+    assert load_config(str(bundled_config_path("sample"))).image_size == 224  # a str works
+    monkeypatch.delenv("BRODEN_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["build", "broden1", "--out", "b.zarr", "-q"])
+    assert r.exit_code == 2 and "BRODEN_DATA" in r.stderr, r.output
+    r = runner.invoke(app, ["build", "no-such.yaml", "-q"])
+    assert r.exit_code == 2
+    assert "config file no-such.yaml does not exist (bundled configs: broden1, sample)" in r.stderr

@@ -239,3 +239,41 @@ def test_out_of_memory_suggests_a_smaller_batch(tiny, tmp_path, monkeypatch):
     r = run(tiny.path, "--activations", tmp_path / "a.npy", "--out", tmp_path, "--batch-size",
             "8", "-q")  # fmt: skip
     fails_with(r, "out of memory", "--batch-size 8", "try --batch-size 4")
+
+
+def test_two_stores_into_one_out_each_get_their_report(tiny, tmp_path):
+    """A second store dissected into the same --out: its report covers the layers it wrote
+    (the first store's layers there belong to another store)."""
+    other = random_labels_store(tmp_path / "other.zarr", n=8, seed=3)
+    out = tmp_path / "out"
+    for store, name in ((tiny, "a"), (other, "b")):
+        acts = np.random.default_rng(0).normal(size=(store.n, 3, 4, 4)).astype(np.float32)
+        np.save(tmp_path / f"{name}.npy", acts)
+        r = run(store.path, "--activations", tmp_path / f"{name}.npy", "--out", out, "-q")
+        assert r.exit_code == 0, r.output
+        assert "report: " in r.output
+    page = (out / "report.html").read_text()
+    assert 'data-layer="b"' in page or ">b<" in page
+    r = runner.invoke(app, ["report", str(out), "-q"])  # each layer with its own store
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["report", str(out), "--store", str(other.path), "-q"])
+    fails_with(r, "layer a: the store", "is not the one dissected")
+    r = runner.invoke(app, ["report", str(out), "--layer", "b", "--store", str(other.path), "-q"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["report", str(out), "--layer", "c"])
+    fails_with(r, "has no dissected layer 'c'")
+
+
+def test_a_factory_in_the_current_folder(tiny, tmp_path, monkeypatch):
+    """`--model mynet:build` imports mynet.py from the folder broden runs in, as python -m."""
+    (tmp_path / "mynet_for_broden_test.py").write_text(
+        "import torch.nn as nn\n\n\ndef build():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU())\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    r = run(tiny.path, "--model", "mynet_for_broden_test:build", "--layer", "1", "--out", "o",
+            "--workers", "0", "--no-report", "-q")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "1: " in r.output and " of 4 units are detectors" in r.output
+    sys.modules.pop("mynet_for_broden_test", None)

@@ -247,11 +247,18 @@ def test_cli_add_diff_and_concept_sets(base: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "coco.json"
     cfg.write_text(json.dumps(coco_config(tmp_path)))
     runner = CliRunner()
-    r = runner.invoke(app, ["add", str(out), str(cfg), "-q"])
+    r = runner.invoke(app, ["add", str(out), str(cfg), "--backup", "-q"])
     assert r.exit_code == 0, r.output
     assert "added: 4 images from my_coco, coco_panoptic" in r.output
+    orig = tmp_path / "s.zarr.orig"  # --backup: the store as it was before the add
+    assert open_store(orig).concepts == open_store(base).concepts and len(open_store(orig)) == 26
+    again = runner.invoke(app, ["add", str(out), str(cfg), "--backup", "-q"])
+    assert again.exit_code == 0 and "nothing to do" in again.output  # applied: no new copy
+    info = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)
+    assert [a["sources"] for a in info["additions"]] == [["my_coco", "coco_panoptic"]]
+    assert info["adding"] is None and info["in_progress"] is None
 
-    r = runner.invoke(app, ["concepts", "--diff", str(base), str(out), "--json"])
+    r = runner.invoke(app, ["concepts", "--diff", str(orig), str(out), "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     old, new = open_store(base), open_store(out)

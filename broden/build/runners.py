@@ -67,6 +67,19 @@ class InProcess:
         pass
 
 
+def _spawn_hint() -> str:
+    """Why a worker may die before its first task: started by spawn, it imports the
+    calling script again, and a script that builds at import time starts a pool again."""
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None or not hasattr(main, "__file__"):
+        return ""  # not a script run as `python script.py` (the broden command, python -m)
+    return (
+        f". No worker finished a task: if {main.__file__} calls broden's build or add with "
+        "workers > 1, put that call under `if __name__ == \"__main__\":` (worker processes "
+        "are started with spawn, which imports the script again)"
+    )
+
+
 class ProcessPool:
     """``workers`` spawned processes (spawn, not fork: zarr runs an event-loop thread)."""
 
@@ -85,11 +98,13 @@ class ProcessPool:
         on_done: Callable[[Any, tuple[Any, ...]], object],
     ) -> None:
         futures: dict[Future[Any], tuple[Any, ...]] = {self.pool.submit(fn, *a): a for a in args}
+        self.done = getattr(self, "done", 0)
         try:
             for fut in as_completed(futures):
                 on_done(fut.result(), futures[fut])
+                self.done += 1
         except BrokenProcessPool:
-            raise RunnerError(WORKER_DIED) from None
+            raise RunnerError(WORKER_DIED + (_spawn_hint() if not self.done else "")) from None
         finally:
             for fut in futures:
                 fut.cancel()

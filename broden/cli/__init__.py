@@ -15,9 +15,14 @@ problems.
 
 from __future__ import annotations
 
+import sys
 from importlib.metadata import EntryPoint, entry_points
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+
+from broden.cli.common import CLICK_ABORT, CLICK_NO_ARGS, CLICK_USAGE, echo_error
 
 #: the entry-point group of command groups: ``name = "package.module:register"``
 COMMANDS_GROUP = "broden.commands"
@@ -36,16 +41,72 @@ def command_groups() -> list[EntryPoint]:
     return sorted(entry_points(group=COMMANDS_GROUP), key=key)
 
 
+class OneLineErrors(TyperGroup):
+    """The ``broden`` group: a usage error (an unknown option, a missing argument, a value
+    out of range) is one ``error:`` line on stderr and exit status 2, like every other
+    error a user can cause, instead of click's boxed panel."""
+
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            code = super().main(
+                args, prog_name, complete_var, False, windows_expand_args, **extra
+            )
+        except CLICK_NO_ARGS as e:
+            e.show()  # `broden` or `broden GROUP` alone: the help, not an error line
+            code = 0
+        except CLICK_USAGE as e:
+            ctx = getattr(e, "ctx", None)
+            command = ctx.command_path if ctx is not None else (prog_name or "broden")
+            echo_error(f"{e.format_message()} (see `{command} --help`)")
+            code = 2
+        except CLICK_ABORT:
+            typer.echo("interrupted", err=True)
+            code = 130
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _version(value: bool) -> None:
+    if value:
+        from broden.build.summary import package_version
+
+        typer.echo(f"broden {package_version()}")
+        raise typer.Exit()
+
+
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """Build the Broden concept dataset from public sources and dissect networks against it."""
+
+
 def make_app() -> tuple[typer.Typer, list[str]]:
     """The ``broden`` app with every command group that loads, and one message per group
     that does not."""
     app = typer.Typer(
-        add_completion=False,
+        cls=OneLineErrors,
+        add_completion=True,
         no_args_is_help=True,
         help="Build the Broden concept dataset from public sources and dissect networks "
         "against it.",
         pretty_exceptions_enable=False,
     )
+    app.callback()(_root)
     problems = []
     for ep in command_groups():
         try:

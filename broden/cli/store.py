@@ -19,7 +19,10 @@ PANEL = "Stores"
 def build(
     config: Annotated[
         Path | None,
-        typer.Argument(help="build config (YAML or TOML); default: the bundled sample sources"),
+        typer.Argument(
+            help="build config (YAML or TOML), or a bundled one by name: sample, broden1; "
+            "default: the bundled sample sources"
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="store to write")] = Path(
         "broden-sample.zarr"
@@ -33,16 +36,16 @@ def build(
         str | None,
         typer.Option(
             help="run the tasks on a Dask cluster: a scheduler ADDRESS, or local:N for N "
-            "local worker processes (needs broden[dask])"
+            "local worker processes (needs broden\\[dask])"
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Build a store from the sources of CONFIG (resumes an interrupted build of OUT)."""
     from broden.build import build as run_build
-    from broden.config import load_config, sample_config_path
+    from broden.config import load_config, resolve_config, sample_config_path
 
-    cfg = load_config(config if config is not None else sample_config_path())
+    cfg = load_config(resolve_config(config) if config is not None else sample_config_path())
     summary = run_build(
         cfg,
         out,
@@ -67,15 +70,27 @@ def add(
         str | None,
         typer.Option(help="run the tasks on a Dask cluster: a scheduler ADDRESS, or local:N"),
     ] = None,
+    backup: Annotated[
+        bool,
+        typer.Option(
+            help="copy STORE to STORE.orig first (compare them with `broden concepts --diff`)"
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Add the sources of CONFIG to the complete STORE: existing concept ids, names and
     pixels never change; new images are appended, new concepts get new ids (resumable)."""
-    from broden.config import load_config
+    from broden.config import load_config, resolve_config
     from broden.extend import add as run_add
 
     summary = run_add(
-        store, load_config(config), workers=workers, strict=strict, progress=not quiet, dask=dask
+        store,
+        load_config(resolve_config(config)),
+        workers=workers,
+        strict=strict,
+        progress=not quiet,
+        dask=dask,
+        backup=backup,
     )
     typer.echo(summary.format())
 
@@ -85,11 +100,11 @@ def info(
     store: StoreArg,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """Summarise a store: sizes, sources, concepts per category, completion."""
-    from broden.inspect import format_info, store_info
-    from broden.store import open_store
+    """Summarise a store: sizes, sources, concepts per category, completion, additions, an
+    unfinished build or add."""
+    from broden.inspect import format_info, path_info
 
-    data = store_info(open_store(store, require_complete=False))
+    data = path_info(store)
     typer.echo(json.dumps(data, indent=2) if as_json else format_info(data))
 
 
@@ -144,7 +159,7 @@ def concepts(
     if source is not None and source not in known_sources:
         raise typer.BadParameter(f"no source {source!r}; the store has {known_sources}")
     if tree:
-        typer.echo(format_tree(s))
+        typer.echo(format_tree(s, category))
         return
     records = [r for r in concept_records(s, category) if source is None or source in r["sources"]]
     if write_set is not None:

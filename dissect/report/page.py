@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -234,9 +234,11 @@ def write_report(
     batch_size: int = 32,
     tile_size: int = 112,
     progress: bool = False,
+    layers: Sequence[str] | None = None,
 ) -> Path:
     """Write ``out_dir/report.html`` (and ``out_dir/report_files/``) for every layer in the
-    results folder ``out_dir``; return the page's path.
+    results folder ``out_dir`` (or the layer folders named in ``layers``); return the page's
+    path.
 
     ``store``: the dissected store (default: the path recorded in each layer's
     summary.json; its fingerprint must match). ``top_k``: top images per unit (at most
@@ -255,11 +257,20 @@ def write_report(
         raise DissectError(f"--top-k must be at least 1, got {top_k}")
     if tile_size < 8:
         raise DissectError(f"--tile-size must be at least 8 pixels, got {tile_size}")
-    layers = [read_layer(d) for d in layer_dirs(out, itself=False)]
+    dirs = layer_dirs(out, itself=False)
+    if layers is not None:
+        wanted = list(dict.fromkeys(layers))
+        missing = [la for la in wanted if la not in {d.name for d in dirs}]
+        if missing:
+            raise DissectError(
+                f"{out} has no dissected layer {missing[0]!r}; it has {[d.name for d in dirs]}"
+            )
+        dirs = [d for d in dirs if d.name in wanted]
+    results = [read_layer(d) for d in dirs]
     transforms = dict(transforms or {})
     stores: dict[str, BrodenStore] = {}
     jobs: list[ShownLayer] = []
-    for la in layers:
+    for la in results:
         if isinstance(store, BrodenStore):
             st = store
         else:
