@@ -105,9 +105,9 @@ def replicate_ade(src: Path, dst: Path, copies: int) -> None:
                 (dst / street / f.name.replace(image_id, new_id)).symlink_to(f)
 
 
-@pytest.fixture(scope="module")
-def broden1(tmp_path_factory: pytest.TempPathFactory) -> BrodenStore:
-    data = tmp_path_factory.mktemp("sources")
+def make_sources(data: Path) -> Path:
+    """A ``$BRODEN_DATA`` folder of the five sources, in their real formats (see the module
+    docstring), at ``data``."""
     replicate_ade(ADE_ROOT, data / "ade20k" / "ADE20K_2016_07_26", copies=6)
     load_make_dtd().main(data / "dtd" / "dtd", per_class=10)
     write_opensurfaces(data / "opensurfaces")
@@ -115,6 +115,12 @@ def broden1(tmp_path_factory: pytest.TempPathFactory) -> BrodenStore:
     shutil.copytree(PASCAL / "Annotations_Part", data / "pascal" / "part" / "Annotations_Part")
     image_ids = sorted(p.stem for p in (PASCAL / "Annotations_Part").glob("*.mat"))
     write_pascal_context(data / "pascal" / "context", image_ids)
+    return data
+
+
+@pytest.fixture(scope="module")
+def broden1(tmp_path_factory: pytest.TempPathFactory) -> BrodenStore:
+    data = make_sources(tmp_path_factory.mktemp("sources"))
     os.environ["BRODEN_DATA"] = str(data)
     try:
         cfg = load_config(REPO / "configs" / "broden1.yaml")
