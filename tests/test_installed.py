@@ -367,8 +367,9 @@ def test_sdist_builds_the_same_wheel(tmp_path: Path, sources: list[str], wheel: 
         else:
             tar.extractall(tmp_path / "unpacked")  # our own sdist
     (root,) = (tmp_path / "unpacked").iterdir()
-    for needed in ("pyproject.toml", "README.md"):
+    for needed in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
         assert (root / needed).is_file(), f"the sdist has no {needed}"
+    assert not (root / "tests").exists(), "the sdist ships tests it cannot run (MANIFEST.in)"
     from_sdist = build_wheel(root, tmp_path / "dist")
     direct, rebuilt = wheel_names(wheel), wheel_names(from_sdist)
     assert rebuilt == direct, (
