@@ -13,7 +13,7 @@ from broden.build import BuildSummary, build
 from broden.config import BuildConfig, load_config, parse_config
 from broden.errors import BrodenError, BuildError, ConfigError, StoreError
 from broden.extend import add
-from broden.store import BrodenStore, open_store, validate_store
+from broden.store import BrodenStore, open_store, upgrade_store, validate_store
 
 __all__ = [
     "BrodenError",
@@ -28,5 +28,6 @@ __all__ = [
     "load_config",
     "open_store",
     "parse_config",
+    "upgrade_store",
     "validate_store",
 ]

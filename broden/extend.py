@@ -286,7 +286,7 @@ def _migrate(out: Path, staging: Path, old: StoreAttrs, job: AddLayout, fingerpr
     """Make room in the store for the new rows (once; each step is safe to repeat)."""
     if (staging / "migrated.json").exists():
         return
-    group = zarr.open_group(str(out), mode="r+")
+    group = open_group(out)  # the live metadata; the writer below changes the store
     r0 = (job.n_old // job.shard) * job.shard
     tail = staging / "tail.zarr"
     if r0 < job.n_old and not (staging / "tail.json").exists():

@@ -34,8 +34,6 @@ import shutil
 import time
 from pathlib import Path
 
-import zarr
-
 from broden.adapters import Adapter
 from broden.build.layout import Layout, unify_plan
 from broden.build.phases import fail_on_skips, prepare_all, run_write_task, running, write_shards
@@ -46,7 +44,7 @@ from broden.build.summary import BuildSummary, store_attrs, summary_from_attrs
 from broden.config import BuildConfig
 from broden.errors import BuildError, StoreError
 from broden.schema import StoreAttrs
-from broden.store import StoreWriter, merge_digests, read_attrs
+from broden.store import StoreWriter, merge_digests, open_group, read_attrs
 from broden.store.layout import n_shards
 from broden.vocabulary import Unified
 
@@ -133,7 +131,7 @@ def build(
 
 def _existing_attrs(out: Path) -> StoreAttrs | None:
     try:
-        return read_attrs(zarr.open_group(str(out), mode="r"), out)
+        return read_attrs(open_group(out), out)
     except (StoreError, FileNotFoundError, ValueError, KeyError):
         return None
 

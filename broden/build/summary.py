@@ -9,13 +9,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import zarr
-
 from broden.adapters.categories import category_sort_key
 from broden.build.layout import Layout
 from broden.build.plan import Plan
 from broden.schema import FORMAT_VERSION, BuildReport, SkippedSample, SourceInfo, StoreAttrs
-from broden.store import CONCEPTS_ATTR
+from broden.store import CONCEPTS_ATTR, open_group
 
 
 def package_version() -> str:
@@ -112,7 +110,7 @@ def store_attrs(plan: Plan, layout: Layout, report: BuildReport, complete: bool)
 
 
 def summary_from_attrs(out: Path, attrs: StoreAttrs, seconds: float) -> BuildSummary:
-    g = zarr.open_group(str(out), mode="r")
+    g = open_group(out)
     concepts: dict[str, int] = defaultdict(int)
     table: list[dict[str, Any]] = list(g.attrs.get(CONCEPTS_ATTR) or [])  # type: ignore[arg-type]
     for c in table:

@@ -60,12 +60,12 @@ class OneLineErrors(TyperGroup):
                 args, prog_name, complete_var, False, windows_expand_args, **extra
             )
         except CLICK_NO_ARGS as e:
-            e.show()  # `broden` or `broden GROUP` alone: the help, not an error line
+            e.show()  # type: ignore[attr-defined]  # `broden` alone: the help, not an error
             code = 0
         except CLICK_USAGE as e:
             ctx = getattr(e, "ctx", None)
             command = ctx.command_path if ctx is not None else (prog_name or "broden")
-            echo_error(f"{e.format_message()} (see `{command} --help`)")
+            echo_error(f"{e.format_message()} (see `{command} --help`)")  # type: ignore[attr-defined]
             code = 2
         except CLICK_ABORT:
             typer.echo("interrupted", err=True)

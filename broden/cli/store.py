@@ -1,6 +1,6 @@
 """The store commands of ``broden``: ``build``, ``add``, ``info``, ``concepts``,
-``validate``, ``adapters``, ``export-legacy`` and ``config-schema``, thin typer wrappers
-over :mod:`broden`'s library functions (imported when a command runs)."""
+``validate``, ``upgrade``, ``adapters``, ``export-legacy`` and ``config-schema``, thin typer
+wrappers over :mod:`broden`'s library functions (imported when a command runs)."""
 
 from __future__ import annotations
 
@@ -180,15 +180,34 @@ def validate(
     ] = False,
 ) -> None:
     """Check a store: schema, completion, shard digests, label ids. Exit 1 on problems."""
-    from broden.store import validate_store
+    from broden.store import upgrade_hint, validate_store
 
     problems = validate_store(store, check_data=not quick)
+    hint = upgrade_hint(store)
     if problems:
         typer.echo(f"{store}: {len(problems)} problem(s):", err=True)
         for p in problems:
             typer.echo(f"  - {p}", err=True)
+        if hint:
+            typer.echo(f"note: {hint}", err=True)
         raise typer.Exit(1)
     typer.echo(f"{store}: valid")
+    if hint:
+        typer.echo(f"note: {hint}")
+
+
+@user_errors
+def upgrade(store: StoreArg) -> None:
+    """Make a complete STORE written by an earlier broden readable by xarray: record its
+    arrays' dimension names and write its consolidated metadata. Metadata only: no data is
+    rewritten, the shard digests and the fingerprint stay as they are; running it again
+    changes nothing."""
+    from broden.store import upgrade_store
+
+    changes = upgrade_store(store)
+    for line in changes:
+        typer.echo(f"  {line}")
+    typer.echo(f"{store}: " + (f"upgraded ({len(changes)} changes)" if changes else "up to date"))
 
 
 @user_errors
@@ -235,13 +254,14 @@ def config_schema() -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the store commands (build, add, info, concepts, validate, adapters,
+    """Add the store commands (build, add, info, concepts, validate, upgrade, adapters,
     export-legacy, config-schema) to ``app``."""
     app.command("build", rich_help_panel=PANEL)(build)
     app.command("add", rich_help_panel=PANEL)(add)
     app.command("info", rich_help_panel=PANEL)(info)
     app.command("concepts", rich_help_panel=PANEL)(concepts)
     app.command("validate", rich_help_panel=PANEL)(validate)
+    app.command("upgrade", rich_help_panel=PANEL)(upgrade)
     app.command("adapters", rich_help_panel=PANEL)(adapters)
     app.command("export-legacy", rich_help_panel=PANEL)(export_legacy)
     app.command("config-schema", rich_help_panel=PANEL)(config_schema)

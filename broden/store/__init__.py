@@ -4,7 +4,10 @@ The package: :mod:`~broden.store.layout` (array and attribute names, codecs, sha
 digests, :class:`Block`), :mod:`~broden.store.writer` (:class:`StoreWriter`, the write
 protocol: incomplete first, whole shards, digests, complete last), :mod:`~broden.store.reader`
 (:func:`open_store`, :class:`BrodenStore`), :mod:`~broden.store.shards` (the fast row
-reader), :mod:`~broden.store.validate` (:func:`validate_store`).
+reader), :mod:`~broden.store.validate` (:func:`validate_store`),
+:mod:`~broden.store.metadata` (spec-level edits of the ``zarr.json`` documents: dimension
+names, consolidated metadata), :mod:`~broden.store.upgrade` (:func:`upgrade_store`: a
+store of an earlier broden made readable by xarray).
 
 Layout (N images, image size S, label size L = S // 2, shard = images per shard)::
 
@@ -27,6 +30,15 @@ one lose data. Every array's attributes hold ``shard_digests``, a blake2b digest
 each shard's decoded content, taken when it was written; :func:`validate_store`
 recomputes them (all-zero chunks are never written by zarr and read back as zeros,
 so a missing file alone is not damage; a digest mismatch is).
+
+Readable by xarray: every array records Zarr v3 ``dimension_names``
+(:func:`~broden.store.layout.dimension_names`: ``images`` (image, y, x, rgb),
+``pixel/<c>`` (image, <c>_layer, label_y, label_x), ``image/<c>`` (image, <c>_slot),
+``meta/*`` (image,) and ``meta/orig_size`` (image, hw)), and a complete store's root
+group holds consolidated metadata, written as the last step of the write protocol and
+removed before any change, so it never describes an unfinished store; broden itself
+always reads the live metadata. ``xarray.open_zarr(STORE)`` gives the images, with
+``group="pixel"``, ``"image"`` or ``"meta"`` the labels and metadata.
 """
 
 from broden.errors import StoreError
@@ -40,9 +52,11 @@ from broden.store.layout import (
     Block,
     array_name,
     array_names,
+    dimension_names,
     shard_digest,
 )
 from broden.store.reader import BrodenStore, StoreSample, open_group, open_store, read_attrs
+from broden.store.upgrade import upgrade_hint, upgrade_store
 from broden.store.validate import validate_store
 from broden.store.writer import StoreWriter, merge_digests, write_store
 
@@ -60,11 +74,14 @@ __all__ = [
     "StoreWriter",
     "array_name",
     "array_names",
+    "dimension_names",
     "merge_digests",
     "open_group",
     "open_store",
     "read_attrs",
     "shard_digest",
+    "upgrade_hint",
+    "upgrade_store",
     "validate_store",
     "write_store",
 ]

@@ -47,6 +47,44 @@ def array_name(category: CategorySpec | str, kind: Kind | None = None) -> str:
     return f"{kind}/{category}"
 
 
+#: the dimension every array shares: one row per image
+IMAGE_DIM = "image"
+
+
+def dimension_names(array: CategorySpec | str, kind: Kind | None = None) -> tuple[str, ...]:
+    """The Zarr v3 ``dimension_names`` of an array of the layout (what xarray reads as
+    its variable's dimensions); ``array`` is an array name (``images``, ``pixel/object``,
+    ``meta/split``), a category spec, or a category name and its ``kind``.
+
+    ====================================  ==========================================
+    ``images``                            ``(image, y, x, rgb)``
+    ``pixel/<c>``                         ``(image, <c>_layer, label_y, label_x)``
+    ``image/<c>``                         ``(image, <c>_slot)``
+    ``meta/source``, ``source_id``,       ``(image,)``
+    ``split``
+    ``meta/orig_size``                    ``(image, hw)``
+    ====================================  ==========================================
+
+    xarray gives a dimension name one size within a group, and the categories of a group
+    have different layer counts K, so each category has a layer (slot) dimension of its
+    own. Every array shares ``image``, the row.
+    """
+    if isinstance(array, CategorySpec) or kind is not None:
+        array = array_name(array, kind)
+    group, _, leaf = array.partition("/")
+    if array == IMAGES:
+        return (IMAGE_DIM, "y", "x", "rgb")
+    if group == "pixel" and leaf:
+        return (IMAGE_DIM, f"{leaf}_layer", "label_y", "label_x")
+    if group == "image" and leaf:
+        return (IMAGE_DIM, f"{leaf}_slot")
+    if array == "meta/orig_size":
+        return (IMAGE_DIM, "hw")
+    if array in META_ARRAYS:
+        return (IMAGE_DIM,)
+    raise ValueError(f"{array!r} is not an array of the store layout")
+
+
 def array_names(categories: Iterable[CategorySpec]) -> list[str]:
     """Every array of a store with these categories, in the store's order."""
     return [IMAGES, *(array_name(c) for c in categories), *META_ARRAYS]

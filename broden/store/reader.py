@@ -34,11 +34,13 @@ class StoreSample:
 
 
 def open_group(path: str | Path) -> zarr.Group:
-    """The store's root group, read-only; :class:`StoreError` if it is not a Zarr group."""
+    """The store's root group, read-only, from its live metadata (never the consolidated
+    copy, which a writer other than broden may have left stale); :class:`StoreError` if it
+    is not a Zarr group."""
     if not Path(path).exists():
         raise StoreError(f"{path}: no such store")
     try:
-        return zarr.open_group(str(path), mode="r")
+        return zarr.open_group(str(path), mode="r", use_consolidated=False)
     except (FileNotFoundError, ValueError, KeyError, zarr.errors.GroupNotFoundError) as e:
         raise StoreError(f"{path}: not a Zarr group ({type(e).__name__})") from None
 
@@ -98,7 +100,7 @@ class BrodenStore:
     @property
     def group(self) -> zarr.Group:
         if self._group is None:
-            self._group = zarr.open_group(str(self.path), mode="r")
+            self._group = open_group(self.path)
         return self._group
 
     def array(self, name: str) -> zarr.Array:

@@ -10,6 +10,7 @@ import zarr
 from broden.adapters.categories import category_sort_key
 from broden.errors import StoreError
 from broden.store.layout import DIGESTS_ATTR, array_name, shard_digest
+from broden.store.metadata import consolidated_differences
 from broden.store.reader import BrodenStore
 
 
@@ -17,9 +18,11 @@ def validate_store(path: str | Path, check_data: bool = True) -> list[str]:
     """Every problem found in a store (empty list: valid).
 
     Checks the metadata schema, the completion flag, every array's presence, shape and
-    dtype, the concept table, and (``check_data``) every shard's content against the
-    digest recorded at build time, every label id against the concept table, and the
-    metadata values.
+    dtype, the concept table, that consolidated metadata (if any) is current, and
+    (``check_data``) every shard's content against the digest recorded at build time,
+    every label id against the concept table, and the metadata values. A store of an
+    earlier broden (no dimension names, no consolidated metadata) is valid: see
+    :func:`~broden.store.upgrade.upgrade_hint`.
     """
     path = Path(path)
     try:
@@ -30,6 +33,8 @@ def validate_store(path: str | Path, check_data: bool = True) -> list[str]:
     a = store.attrs
     if not a.complete:
         problems.append("store is incomplete: its build did not finish (run it again to resume)")
+    else:
+        problems.extend(_consolidation_problems(path))
     if a.label_size != a.image_size // 2:
         problems.append(f"label_size {a.label_size} is not image_size // 2 = {a.image_size // 2}")
     order = sorted(a.categories, key=lambda c: category_sort_key(c.name))
@@ -137,3 +142,19 @@ def validate_store(path: str | Path, check_data: bool = True) -> list[str]:
         if len(set(pairs)) != len(pairs):
             problems.append("meta/source_id: an image id appears twice within one source")
     return problems
+
+
+def _consolidation_problems(path: Path) -> list[str]:
+    """A complete store's consolidated metadata, where there is some, must be current:
+    readers that trust it (xarray, zarr) would see other shapes or attributes."""
+    try:
+        stale = consolidated_differences(path)
+    except (OSError, ValueError, StoreError) as e:
+        return [f"consolidated metadata unreadable ({type(e).__name__}: {e})"]
+    if not stale:
+        return []
+    return [
+        f"consolidated metadata is stale for {', '.join(stale[:5])}"
+        f"{' ...' if len(stale) > 5 else ''} (the store changed after it was consolidated; "
+        f"xarray would read the old metadata): `broden upgrade {path}` rewrites it"
+    ]

@@ -1,13 +1,20 @@
 """Writing a store: the one place that knows the write protocol.
 
-1. :meth:`StoreWriter.begin`: the attributes, marked incomplete, and the concept table
-   go in first, then every array of the layout is created (arrays already there with the
-   right shape are kept, so a resumed run keeps its written shards).
+1. :meth:`StoreWriter.begin`: the consolidated metadata of an earlier complete store
+   goes first (a copy that would go stale, :mod:`~broden.store.metadata`), then the
+   attributes, marked incomplete, and the concept table go in, then every array of the
+   layout is created with its dimension names (arrays already there with the right shape
+   are kept, so a resumed run keeps its written shards). An add starts with
+   :meth:`~StoreWriter.mark_incomplete` instead, which drops the copy first too, as do
+   :meth:`~StoreWriter.ensure_arrays` and :meth:`~StoreWriter.detach`.
 2. :meth:`StoreWriter.write_shard`: whole shards only, from any process (writers sharing
    a Zarr shard lose data); it returns each array's digest of the shard, which the caller
    keeps until the end (a build's staging folder, for instance).
 3. :meth:`StoreWriter.finish`: every array's digests, then the attributes marked
-   complete, last. A store whose attributes say complete is therefore whole.
+   complete, then the consolidated metadata, last. A store whose attributes say complete
+   is therefore whole, and consolidated metadata, where there is some, describes a
+   complete store (killed just before that step, a complete store has none: broden reads
+   it all the same, and ``broden upgrade`` writes it).
 
 :func:`write_store` does all three for data in memory (synthetic stores, benchmarks,
 tests).
@@ -39,10 +46,12 @@ from broden.store.layout import (
     Block,
     array_name,
     array_names,
+    dimension_names,
     n_shards,
     shard_digest,
     shard_rows,
 )
+from broden.store.metadata import consolidate, drop_consolidated, set_dimension_names
 
 
 class StoreWriter:
@@ -56,7 +65,7 @@ class StoreWriter:
     @property
     def group(self) -> zarr.Group:
         if self._group is None:
-            self._group = zarr.open_group(str(self.path), mode="r+")
+            self._group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
         return self._group
 
     @property
@@ -82,7 +91,8 @@ class StoreWriter:
         and ``concepts``; create its arrays."""
         if attrs.complete:
             raise ValueError("a store begins incomplete: pass attrs with complete=False")
-        group = zarr.open_group(str(path), mode="a")
+        drop_consolidated(path)  # before anything changes
+        group = zarr.open_group(str(path), mode="a", use_consolidated=False)
         group.attrs[STORE_ATTR] = attrs.model_dump(mode="json")
         group.attrs[CONCEPTS_ATTR] = [c.model_dump(mode="json") for c in concepts]
         writer = cls(path)
@@ -94,7 +104,10 @@ class StoreWriter:
         """Every array of a store of ``images`` rows with ``categories``, in the store's
         image, label and shard sizes. An array that is there with the right shape is
         kept, one with the right row shape is resized to ``images`` rows (its rows kept),
-        any other is replaced."""
+        any other is replaced. Every array gets the dimension names of
+        :func:`~broden.store.layout.dimension_names` (a kept one of an earlier broden too:
+        metadata only)."""
+        drop_consolidated(self.path)
         a = self.attrs
         S, L, shard = a.image_size, a.label_size, a.shard_size
         group = self.group
@@ -106,11 +119,16 @@ class StoreWriter:
                 if isinstance(existing, zarr.Array) and existing.shape[1:] == row:
                     if existing.shape[0] != images:
                         existing.resize(shape)
+                    # after zarr's last write of its metadata: ``existing`` does not see them
+                    set_dimension_names(self.path / name, dimension_names(name))
                     return
                 del group[name]
             chunks = (inner, *row)
             shards = (shard, *row) if sharded else None
-            group.create_array(name, shape=shape, chunks=chunks, shards=shards, **kw)
+            group.create_array(
+                name, shape=shape, chunks=chunks, shards=shards,
+                dimension_names=dimension_names(name), **kw,
+            )  # fmt: skip
 
         make(IMAGES, (S, S, 3), 1, True, dtype="uint8", compressors=IMAGE_CODEC)
         for c in categories:
@@ -126,7 +144,9 @@ class StoreWriter:
 
     def mark_incomplete(self, **update: Any) -> None:
         """Record the store as incomplete (with ``update`` applied to its attributes, e.g. the
-        fingerprint of the add in progress) before its arrays change."""
+        fingerprint of the add in progress) before its arrays change; its consolidated
+        metadata goes first."""
+        drop_consolidated(self.path)
         attrs = self.attrs.model_copy(update={**update, "complete": False})
         self.group.attrs[STORE_ATTR] = attrs.model_dump(mode="json")
         self._attrs = attrs
@@ -134,6 +154,7 @@ class StoreWriter:
     def detach(self, name: str, dest: Path) -> None:
         """Move array ``name`` out of the store to ``dest`` (kept there, e.g. to be copied
         back with more layers); a no-op if it was moved already."""
+        drop_consolidated(self.path)
         if not dest.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.path / name, dest)
@@ -147,7 +168,9 @@ class StoreWriter:
         return self.write_arrays(index, block.arrays())
 
     def write_arrays(self, index: int, arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
-        """Write shard ``index`` of the named arrays only (whole shards); their digests."""
+        """Write shard ``index`` of the named arrays only (whole shards); their digests.
+        Data only: it follows :meth:`begin` or :meth:`mark_incomplete`, which dropped the
+        consolidated metadata (chunks are not part of it)."""
         digests = {}
         for name, data in arrays.items():
             arr = self.array(name)
@@ -170,8 +193,10 @@ class StoreWriter:
         concepts: Sequence[Concept] | None = None,
     ) -> None:
         """Record every array's shard digests (and ``concepts``, if given), then ``attrs``
-        marked complete, last. Every array of the layout needs a digest per shard."""
+        marked complete, then the consolidated metadata of the complete store, last. Every
+        array of the layout needs a digest per shard."""
         expected = n_shards(attrs.images, attrs.shard_size)
+        drop_consolidated(self.path)  # gone already after begin or mark_incomplete
         for name in array_names(attrs.categories):
             got = list(digests.get(name, []))
             if len(got) != expected:
@@ -183,8 +208,9 @@ class StoreWriter:
         if concepts is not None:
             self.group.attrs[CONCEPTS_ATTR] = [c.model_dump(mode="json") for c in concepts]
         done = attrs.model_copy(update={"complete": True})
-        self.group.attrs[STORE_ATTR] = done.model_dump(mode="json")  # last
+        self.group.attrs[STORE_ATTR] = done.model_dump(mode="json")
         self._attrs = done
+        consolidate(self.path)  # last: a copy of the metadata of the complete store
 
 
 def merge_digests(per_shard: Iterable[Mapping[str, str]]) -> dict[str, list[str]]:
