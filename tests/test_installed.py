@@ -319,6 +319,19 @@ def test_wheel_metadata_and_entry_points(wheel: Path) -> None:
     metadata = dist_info(wheel, "METADATA")
     assert re.search(r"^Name: broden$", metadata, re.M), metadata[:300]
     assert re.search(rf"^Version: {re.escape(project['version'])}$", metadata, re.M)
+    assert re.search(r"^License-Expression: MIT$", metadata, re.M), metadata[:600]
+    urls = dict(
+        line.removeprefix("Project-URL: ").split(", ", 1)
+        for line in metadata.splitlines()
+        if line.startswith("Project-URL: ")
+    )
+    assert urls == project["urls"], urls
+    # the long description (body after the headers) is the README, no link into the repository
+    _, _, description = metadata.partition("\n\n")
+    assert "# broden" in description and "make demo" in description, description[:300]
+    relative = re.findall(r"\]\((?![a-z][a-z0-9+.-]*:|#)[^)\s]+\)", description)
+    assert relative == [], f"links that break off the repository: {relative}"
+    assert "how the code is organised (`docs/ARCHITECTURE.md` in the source tree)" in description
 
     parser = configparser.ConfigParser(delimiters=("=",), interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
