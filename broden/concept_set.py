@@ -38,6 +38,7 @@ import yaml
 
 from broden.errors import ConfigError
 from broden.schema import Concept
+from broden.yaml_loader import describe, safe_load
 
 
 class ConceptSetError(ConfigError):
@@ -77,34 +78,64 @@ def _file_items(path: Path) -> list[str | int | tuple[int, str]]:
                 out.append(name)
         return out
     if suffix in (".yaml", ".yml"):
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConceptSetError(f"{path}: not valid YAML ({e})") from None
-        if isinstance(doc, list):
-            return [x if isinstance(x, int) else str(x) for x in doc]
-        if not isinstance(doc, dict):
-            raise ConceptSetError(
-                f"{path}: expected a list of concepts or a mapping with concepts, categories, "
-                "sources"
-            )
-        unknown = sorted(set(doc) - {"concepts", "categories", "sources", "store", "fingerprint"})
-        if unknown:
-            raise ConceptSetError(
-                f"{path}: unknown keys {unknown}; use concepts, categories and sources"
-            )
-        items: list[str | int | tuple[int, str]] = []
-        for x in doc.get("concepts") or []:
-            items.append(x if isinstance(x, int) else str(x))
-        items += [f"category:{c}" for c in doc.get("categories") or []]
-        items += [f"source:{s}" for s in doc.get("sources") or []]
-        return items
-    items = []
+        return _yaml_items(path, text)
+    items: list[str | int | tuple[int, str]] = []
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             items.append(line)
     return items
+
+
+#: the keys of a YAML concept set (``store`` and ``fingerprint`` are notes for the reader)
+_YAML_KEYS = ("concepts", "categories", "sources", "store", "fingerprint")
+
+
+def _item(x: Any) -> str | int:
+    """A YAML list entry as an item: an id (a plain integer) or a name."""
+    return x if isinstance(x, int) and not isinstance(x, bool) else str(x)
+
+
+def _yaml_items(path: Path, text: str) -> list[str | int | tuple[int, str]]:
+    """The items of a YAML concept set: a list of items, or a mapping with lists under
+    ``concepts``, ``categories`` and ``sources``."""
+    try:
+        doc = safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConceptSetError(f"{path}: not valid YAML ({describe(e)})") from None
+    except RecursionError:
+        raise ConceptSetError(f"{path}: not valid YAML (nested too deeply)") from None
+    if isinstance(doc, list):
+        return [_item(x) for x in doc]
+    if not isinstance(doc, dict):
+        raise ConceptSetError(
+            f"{path}: expected a list of concepts or a mapping with concepts, categories, sources"
+        )
+    unknown = sorted(str(k) for k in doc if k not in _YAML_KEYS)
+    if unknown:
+        raise ConceptSetError(
+            f"{path}: unknown keys {unknown}; use concepts, categories and sources"
+        )
+    lists: dict[str, list[Any]] = {}
+    for key in ("concepts", "categories", "sources"):
+        value = doc.get(key)
+        if value is not None and not isinstance(value, list):
+            raise ConceptSetError(
+                f"{path}: {key}: expected a list, got a {type(value).__name__} ({value!r:.40})"
+            )
+        lists[key] = value or []
+    items: list[str | int | tuple[int, str]] = [_item(x) for x in lists["concepts"]]
+    items += [f"category:{c}" for c in lists["categories"]]
+    items += [f"source:{s}" for s in lists["sources"]]
+    return items
+
+
+def _is_file(path: Path) -> bool:
+    """Whether an item names a file (a name too long for a path is a concept name)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _items(spec: Sequence[str]) -> list[tuple[str | int | tuple[int, str], str]]:
@@ -116,7 +147,7 @@ def _items(spec: Sequence[str]) -> list[tuple[str | int | tuple[int, str], str]]
             if not part:
                 continue
             path = Path(part)
-            if path.is_file():
+            if _is_file(path):
                 out += [(item, str(path)) for item in _file_items(path)]
             else:
                 out.append((part, "--concepts"))

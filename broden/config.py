@@ -21,6 +21,7 @@ prints the JSON Schema).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -32,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from broden.adapters import Adapter, SourceError, get_adapter_class
 from broden.errors import ConfigError
+from broden.yaml_loader import describe, safe_load
 
 
 class SourceConfig(BaseModel):
@@ -74,7 +76,10 @@ class BuildConfig(BaseModel):
         10, ge=0, description="keep a concept name seen in at least this many images ..."
     )
     min_coverage: float = Field(
-        0.5, ge=0, description="... and covering at least this many image-equivalents of pixels"
+        0.5,
+        ge=0,
+        allow_inf_nan=False,
+        description="... and covering at least this many image-equivalents of pixels",
     )
     colors: bool = Field(True, description="label every pixel of every image with its color name")
     suffixes: dict[str, str] = Field(
@@ -99,7 +104,9 @@ class BuildConfig(BaseModel):
     @field_validator("splits")
     @classmethod
     def _splits_sum_to_one(cls, v: dict[str, float]) -> dict[str, float]:
-        if not v or any(f < 0 for f in v.values()) or abs(sum(v.values()) - 1.0) > 1e-9:
+        fractions = list(v.values())
+        finite = all(math.isfinite(f) for f in fractions)
+        if not finite or not v or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
             raise ValueError(f"split fractions must be non-negative and sum to 1, got {v}")
         return v
 
@@ -142,12 +149,35 @@ def _resolve_paths(entry: dict[str, Any], base: Path, origin: str) -> dict[str, 
     return out
 
 
+#: the problems of an invalid config listed (the first ones: they may be thousands)
+_MAX_PROBLEMS = 10
+
+
 def parse_config(
     data: dict[str, Any], base: Path | None = None, origin: str = "config"
 ) -> BuildConfig:
-    """Validate a config mapping; relative source paths resolve against ``base``."""
+    """Validate a config mapping; relative source paths resolve against ``base``.
+
+    :class:`ConfigError` naming ``origin`` for anything that is not a valid config: an
+    empty document, a top level that is not a mapping, a key given no value, a value of
+    the wrong type or out of range."""
+    if data is None:
+        raise ConfigError(
+            f"{origin}: the config is empty; it needs at least a `sources:` list (see "
+            "`broden config-schema`)"
+        )
     if not isinstance(data, dict):
-        raise ConfigError(f"{origin}: expected a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(
+            f"{origin}: expected a mapping of keys (image_size, sources, ...) at the top "
+            f"level, got a {type(data).__name__}"
+        )
+    empty = [str(k) for k, v in data.items() if v is None]
+    if empty:
+        key = "sources" if "sources" in empty else (empty[0] or "''")
+        fix = "list at least one source" if key == "sources" else "give one or remove the key"
+        raise ConfigError(
+            f"{origin}: {key}: no value given (`{key}:` with nothing after it); {fix}"
+        )
     if base is not None and isinstance(data.get("sources"), list):
         data = dict(data)
         data["sources"] = [
@@ -156,11 +186,15 @@ def parse_config(
     try:
         return BuildConfig.model_validate(data)
     except ValidationError as e:
-        problems = "\n".join(
-            f"  {'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
-            for err in e.errors()
-        )
-        raise ConfigError(f"{origin}: invalid build config:\n{problems}") from None
+        errors = e.errors()
+        lines = [
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in errors[:_MAX_PROBLEMS]
+        ]
+        if len(errors) > _MAX_PROBLEMS:
+            lines.append(f"... and {len(errors) - _MAX_PROBLEMS} more")
+        problems = lines[0] if len(lines) == 1 else "".join(f"\n  {x}" for x in lines)
+        raise ConfigError(f"{origin}: invalid build config: {problems}") from None
 
 
 def load_config(path: str | os.PathLike[str]) -> BuildConfig:
@@ -169,19 +203,23 @@ def load_config(path: str | os.PathLike[str]) -> BuildConfig:
     >>> cfg = load_config("configs/broden1.yaml")                  # doctest: +SKIP
     """
     path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"config {path} is a folder, not a YAML or TOML file")
     try:
         text = path.read_bytes()
+    except IsADirectoryError:
+        raise ConfigError(f"config {path} is a folder, not a YAML or TOML file") from None
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, ValueError) as e:  # permissions, a name too long, a NUL in the name
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError(f"config file {path}: cannot read it: {reason}") from None
     try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(text.decode("utf-8"))
-        else:
-            data = yaml.safe_load(text)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        data = tomllib.loads(text.decode("utf-8")) if path.suffix == ".toml" else safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: cannot parse: {describe(e)}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot parse: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: cannot parse: nested too deeply") from None
     return parse_config(data, base=path.resolve().parent, origin=str(path))
 
 
@@ -231,9 +269,15 @@ def resolve_config(spec: str | os.PathLike[str]) -> Path:
     """A config file by path, or by the name of a bundled config when no such file exists
     (``broden build broden1``)."""
     path = Path(spec)
-    if not path.exists() and str(spec) in BUNDLED:
+    try:
+        exists = path.exists()
+    except (OSError, ValueError):  # a name too long: load_config says why it cannot be read
+        return path
+    if not exists and str(spec) in BUNDLED:
         return bundled_config_path(str(spec))
-    if not path.exists():
+    if not exists:
         names = ", ".join(sorted(BUNDLED))
-        raise ConfigError(f"config file {path} does not exist (bundled configs: {names})")
+        blocker = next((p for p in path.parents if p.exists()), None)
+        why = f": {blocker} is a file, not a folder" if blocker and not blocker.is_dir() else ""
+        raise ConfigError(f"config file {path} does not exist{why} (bundled configs: {names})")
     return path

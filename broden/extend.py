@@ -16,7 +16,8 @@ Old rows therefore read back byte-identical.
 Resumable like a build. Before the store is touched, the staging folder ``STORE.add/``
 keeps the store's metadata (``old.json``) and a copy of the rows of its last, partly
 filled shard (``tail.zarr``, rewritten with the first new rows); the store is then marked
-incomplete with the add's fingerprint in ``adding``. Killed at any point, the same
+incomplete with the add's fingerprint in ``adding``. One add (or build) at a time writes a
+store (its lock, :mod:`broden.store.lock`). Killed at any point, the same
 command finishes the job; any other use of the store says it is incomplete. Each
 finished add is recorded in the store's ``additions``, and running it again is a no-op.
 """
@@ -64,6 +65,7 @@ from broden.store import (
     shard_digest,
 )
 from broden.store.layout import n_shards
+from broden.store.lock import store_lock
 from broden.vocabulary import unify_into
 
 #: build settings an add takes from the store (changing them would change old rows' meaning)
@@ -130,9 +132,39 @@ def add(
     image size, colors, suffixes, splits, synonyms and shard size are kept. ``backup``:
     copy the store to ``STORE.orig`` first (:func:`backup_path`; what ``broden concepts
     --diff STORE.orig STORE`` compares with).
+
+    The add holds the store's write lock (:func:`~broden.store.lock.store_lock`): a second
+    writer fails at once, naming this process. A store that cannot be written (read-only)
+    is refused before anything changes.
     """
-    t0 = time.perf_counter()
     out = Path(store)
+    open_group(out)  # no such store / not a store: said before anything is created
+    with store_lock(out):
+        _check_writable(out)
+        return _add(out, config, workers, strict, progress, adapters, dask, backup)
+
+
+def _check_writable(out: Path) -> None:
+    """Every folder of the store must be writable (files are replaced by renames in them)."""
+    for folder, _, _ in os.walk(out):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise BuildError(
+                f"{out} is read-only ({folder} cannot be written); an add writes into the "
+                "store: make it writable (chmod -R u+w) or add to a copy of it"
+            )
+
+
+def _add(
+    out: Path,
+    config: BuildConfig,
+    workers: int,
+    strict: bool,
+    progress: bool,
+    adapters: list[tuple[str, Adapter]] | None,
+    dask: str | None,
+    backup: bool,
+) -> BuildSummary:
+    t0 = time.perf_counter()
     staging = staging_path(out)
     group, attrs = _read_store(out)
     old_file = staging / "old.json"
@@ -429,8 +461,7 @@ def _backup(store: Path) -> Path:
     dest = backup_path(store)
     if dest.exists():
         raise BuildError(
-            f"{dest} exists (the backup of an earlier add?); move it away, or add without "
-            "--backup"
+            f"{dest} exists (the backup of an earlier add?); move it away, or add without --backup"
         )
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -62,6 +62,7 @@ import numpy as np
 from tqdm import tqdm
 
 from broden.adapters.categories import category_sort_key
+from broden.removal import store_containing
 from broden.schema import Concept
 from broden.store import BrodenStore, StoreError, array_name, open_store
 
@@ -186,6 +187,12 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object
 
 
 def _check_out_dir(out_dir: Path) -> None:
+    inside = store_containing(out_dir)
+    if inside is not None:
+        where = (
+            "is a broden store" if inside == out_dir.resolve() else f"is inside the store {inside}"
+        )
+        raise ExportError(f"{out_dir} {where}; export into a folder of its own")
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ExportError(f"{out_dir} exists and is not a folder")

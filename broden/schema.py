@@ -3,14 +3,18 @@
 These are the JSON documents in the root group's attributes: ``broden`` (format,
 sizes, categories, sources, provenance, completion, build report) and
 ``concepts`` (the concept table). Reading them back through these models is what
-makes a damaged or foreign store fail with a clear message.
+makes a damaged or foreign store fail with a clear message: :func:`parse_store_attrs` and
+:func:`parse_concepts` turn any malformed value into one :class:`~broden.errors.StoreError`
+naming the store and where in the document the problem is.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from broden.errors import StoreError
 
 FORMAT_VERSION = 1
 
@@ -138,3 +142,45 @@ class StoreAttrs(_Model):
         description="fingerprint of an unfinished `broden add` (the store is incomplete until "
         "the same command is run again to the end)",
     )
+
+
+def _problem(error: ValidationError) -> str:
+    """The first problem of a validation error: where, what was expected, what was found."""
+    first = error.errors()[0]
+    where = ".".join(map(str, first["loc"])) or "(top level)"
+    found = repr(first.get("input"))
+    found = found if len(found) <= 60 else found[:57] + "..."
+    more = f" (and {error.error_count() - 1} more problems)" if error.error_count() > 1 else ""
+    return f"{where}: {first['msg']}, found {found}{more}"
+
+
+def parse_store_attrs(raw: Any, where: object) -> StoreAttrs:
+    """The ``broden`` attribute of a store's root group, read back; :class:`StoreError`
+    naming ``where`` (the store) if it is missing, of another format version, or malformed."""
+    if raw is None:
+        raise StoreError(f"{where}: not a Broden store (no 'broden' attribute)")
+    if isinstance(raw, dict) and raw.get("format_version") != FORMAT_VERSION:
+        raise StoreError(
+            f"{where}: store format version {raw.get('format_version')!r}; this broden reads "
+            f"version {FORMAT_VERSION}"
+        )
+    try:
+        return StoreAttrs.model_validate(raw)
+    except ValidationError as e:
+        raise StoreError(
+            f"{where}: damaged store metadata ('broden' attribute): {_problem(e)}"
+        ) from None
+
+
+_CONCEPT_TABLE = TypeAdapter(list[Concept])
+
+
+def parse_concepts(raw: Any, where: object) -> list[Concept]:
+    """The ``concepts`` attribute of a store's root group (the concept table), read back;
+    :class:`StoreError` naming ``where`` (the store) if it is not a list of concepts."""
+    try:
+        return _CONCEPT_TABLE.validate_python([] if raw is None else raw)
+    except ValidationError as e:
+        raise StoreError(
+            f"{where}: damaged concept table ('concepts' attribute): {_problem(e)}"
+        ) from None

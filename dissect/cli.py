@@ -108,7 +108,14 @@ def dissect_command(
     memory_budget: Annotated[
         str, typer.Option(help="memory for cached activations, e.g. 2GiB")
     ] = "2GiB",
-    layout: Annotated[str, typer.Option(help="4-D output layout: auto, nchw or nhwc")] = "auto",
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="output layout: auto, nchw or nhwc (4-D outputs), tokens (3-D outputs are "
+            "transformer tokens B×T×D; auto takes them for tokens only when T is a square "
+            "grid after at most 8 class/register tokens)"
+        ),
+    ] = "auto",
     prefix_tokens: Annotated[
         int | None,
         typer.Option(

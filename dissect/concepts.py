@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -49,20 +50,37 @@ class ConceptSelection:
         return np.array([self.store_categories.index(c) for c in self.categories], np.int64)
 
 
+def concept_spec(value: Any) -> tuple[str, ...] | None:
+    """The items of ``--concepts`` (a string or a sequence of them), stripped: None (every
+    concept) for None or no items at all; a :class:`DissectError` for items that are all
+    blank (``--concepts ''``: an empty concept set, which would score nothing)."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else list(value)
+    names = tuple(str(v).strip() for v in items if str(v).strip())
+    if items and not names:
+        raise DissectError(
+            f"--concepts {' '.join(repr(str(v)) for v in items)}: an empty concept set; name "
+            "categories, concepts, id:N, source:NAME or a concept-set file, or leave "
+            "--concepts out to score every concept"
+        )
+    return names or None
+
+
 def select_concepts(
     store: BrodenStore, spec: Sequence[str] | str | None = None
 ) -> ConceptSelection:
     """Resolve ``spec`` (see :mod:`broden.concept_set`: category names, concept names,
     ``id:N``, ``source:NAME``, concept-set files; None: all).
 
-    Unknown names fail with a :class:`DissectError` that lists them.
+    Unknown names fail with a :class:`DissectError` that lists them, and so does an
+    empty set (blank items: :func:`concept_spec`).
     """
     concepts = store.concepts
     if not concepts:
         raise DissectError(f"{store.path}: the store has no concepts to score")
     store_cats = [c.name for c in store.categories]
-    if isinstance(spec, str):
-        spec = [spec]
+    spec = concept_spec(spec)
     if spec:
         try:
             chosen = resolve(concepts, store_cats, spec)

@@ -14,6 +14,13 @@ gathers from), the whole-image labels
 (n, Ki) int32, and the per-image histogram of global concept ids (n, C + 1) int64, in
 which a whole-image label counts L² pixels. The histogram is computed in the workers,
 off the main process.
+
+Reads are verified (:class:`broden.store.verified.ShardVerifier`): each shard of each
+array read is checked once against the digest recorded when it was written, by the one
+batch of the shard that :func:`check_batches` names (the first; with worker processes,
+one spread over them), which reads it whole and keeps it for the process's next batches
+of it. A mismatch, a missing shard file or a shard that does not decode stops the
+dissection with one :class:`~broden.errors.StoreError` naming the array and the shard.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from broden.dissect.errors import DissectError
+from broden.errors import BrodenError
 from broden.store import BrodenStore
+from broden.store.verified import ShardVerifier
 
 
 def batch_ranges(store: BrodenStore, batch_size: int) -> list[tuple[int, int]]:
@@ -130,6 +139,7 @@ class StoreBatch:
     image: torch.Tensor  # (n, Ki) int32
     counts: torch.Tensor  # (n, C + 1) int64
     index: np.ndarray | None = None  # (n,) int64 store indices
+    checked: tuple[tuple[str, int], ...] = ()  # (array, shard) pairs checked reading it
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -154,6 +164,7 @@ class StoreBatch:
             self.image.to(device, non_blocking=nb),
             self.counts.to(device, non_blocking=nb),
             self.index,
+            self.checked,
         )
 
     def pin_memory(self) -> StoreBatch:  # called by the DataLoader's pinning thread
@@ -165,12 +176,32 @@ class StoreBatch:
             self.image.pin_memory(),
             self.counts.pin_memory(),
             self.index,
+            self.checked,
         )
+
+
+def check_batches(plan: Sequence[np.ndarray], shard_size: int, spread: int = 1) -> set[int]:
+    """The items of ``plan`` that check their shard's digests: one per shard, the first
+    of its batches, or with ``spread`` worker processes (which a DataLoader hands the
+    items in turn) the one that falls to worker ``shard % spread``, so that the checks,
+    which read whole shards, are shared out among the workers."""
+    firsts: dict[int, tuple[int, int]] = {}  # shard → (first item, items)
+    for i, batch in enumerate(plan):
+        j = int(batch[0]) // shard_size
+        first, count = firsts.get(j, (i, 0))
+        firsts[j] = (first, count + 1)
+    spread = max(spread, 1)
+    out = set()
+    for j, (first, count) in firsts.items():
+        k = first + (j - first) % spread
+        out.add(k if k < first + count else first)
+    return out
 
 
 class StoreBatches(Dataset[StoreBatch]):
     """Batches of a store, in store order: of every image, or of the store indices
-    ``indices`` (ascending), item i holding the images ``plan[i]``."""
+    ``indices`` (ascending), item i holding the images ``plan[i]``; with ``verify``, each
+    shard read is checked against its recorded digest (see the module docstring)."""
 
     def __init__(
         self,
@@ -179,6 +210,7 @@ class StoreBatches(Dataset[StoreBatch]):
         images: bool = True,
         labels: bool = True,
         indices: np.ndarray | None = None,
+        verify: bool = True,
     ):
         self.store = store
         self.images = images
@@ -188,6 +220,13 @@ class StoreBatches(Dataset[StoreBatch]):
         self.n_ids = len(store.concepts) + 1
         self.pixel_cats = [c.name for c in store.categories if c.kind == "pixel"]
         self.image_cats = [c.name for c in store.categories if c.kind == "image"]
+        self.reads = ShardVerifier(store)
+        self.verify = verify
+        self.spread(1)
+
+    def spread(self, workers: int) -> None:
+        """Share the shard checks out among ``workers`` processes (0: this one)."""
+        self.checks = check_batches(self.plan, self.store.shard_size, workers)
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -195,7 +234,7 @@ class StoreBatches(Dataset[StoreBatch]):
     def __getitem__(self, i: int) -> StoreBatch:
         try:
             return self._read(i)
-        except DissectError:
+        except BrodenError:
             raise
         except Exception as e:  # a damaged shard: the codec's error, with where it happened
             raise DissectError(
@@ -203,14 +242,16 @@ class StoreBatches(Dataset[StoreBatch]):
                 f"{e}); `broden validate {self.store.path}` lists what is damaged"
             ) from None
 
-    def _rows(self, a: int, b: int) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    def _rows(
+        self, a: int, b: int, check: bool
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """Images ``[a, b)`` (or None) and their pixel (n, Kp, L, L) and whole-image
-        (n, Ki) labels as int32."""
+        (n, Ki) labels as int32; ``check``: the shard's digests are checked."""
         n, L = b - a, self.store.label_size
         if not self.labels:
-            imgs = np.asarray(self.store.array("images")[a:b]) if self.images else None
+            imgs = self.reads.rows("images", a, b, check) if self.images else None
             return imgs, np.zeros((n, 0, L, L), np.int32), np.zeros((n, 0), np.int32)
-        blk = self.store.read_block(a, b, images=self.images)
+        blk = self.reads.read_block(a, b, images=self.images, check=check)
         pix = [blk.pixel[c] for c in self.pixel_cats]
         pixel = np.concatenate(pix, axis=1) if pix else np.zeros((n, 0, L, L), np.uint16)
         img = [blk.image_labels[c] for c in self.image_cats]
@@ -222,7 +263,9 @@ class StoreBatches(Dataset[StoreBatch]):
         start, stop = self.offsets[i], self.offsets[i + 1]
         n = stop - start
         L = self.store.label_size
-        parts = [self._rows(a, b) for a, b in runs(index)]
+        check = self.verify and i in self.checks
+        parts = [self._rows(a, b, check) for a, b in runs(index)]
+        checked = tuple(self.reads.take_checked())
         imgs = _cat([p[0] for p in parts if p[0] is not None]) if self.images else None
         if not self.labels:
             return StoreBatch(
@@ -233,6 +276,7 @@ class StoreBatches(Dataset[StoreBatch]):
                 torch.zeros((n, 0), dtype=torch.int32),
                 torch.zeros((n, self.n_ids), dtype=torch.int64),
                 index,
+                checked,
             )
         pixel = _cat([p[1] for p in parts])
         image = _cat([p[2] for p in parts])
@@ -259,6 +303,7 @@ class StoreBatches(Dataset[StoreBatch]):
             torch.from_numpy(image),
             torch.from_numpy(counts.astype(np.int64)),
             index,
+            checked,
         )
 
 
@@ -275,6 +320,7 @@ def loader(dataset: StoreBatches, workers: int, device: torch.device) -> DataLoa
     if workers < 0:
         raise DissectError(f"--workers must be 0 or more, got {workers}")
     workers = min(workers, len(dataset))
+    dataset.spread(workers)
     return DataLoader(
         dataset,
         batch_size=None,
@@ -288,20 +334,24 @@ def loader(dataset: StoreBatches, workers: int, device: torch.device) -> DataLoa
 
 
 def iterate(dataset: StoreBatches, workers: int, device: torch.device) -> Iterator[StoreBatch]:
-    """The dataset's batches, on ``device``."""
+    """The dataset's batches, on ``device``; the shards that worker processes checked are
+    recorded as checked in this process's store, for the next pass."""
     try:
         for batch in loader(dataset, workers, device):
+            dataset.store.checked_shards.update(batch.checked)
             yield batch.to(device)
-    except DissectError as e:
-        raise DissectError(_worker_message(str(e))) from None
+    except BrodenError as e:
+        raise type(e)(_worker_message(str(e), type(e).__name__)) from None
+    finally:
+        dataset.reads.release()
 
 
-def _worker_message(message: str) -> str:
+def _worker_message(message: str, kind: str = "DissectError") -> str:
     """A worker's error as the DataLoader re-raises it carries the worker's traceback in
-    its message: keep the original message only."""
+    its message, ending with ``<kind>: <message>``: keep the original message only."""
     if "Original Traceback" not in message:
         return message
-    marker = "DissectError: "
+    marker = f"{kind}: "
     tail = message[message.rfind(marker) + len(marker) :] if marker in message else message
     return tail.strip()
 

@@ -15,7 +15,7 @@ from broden.dissect.experiments.rotation import (
     run_rotations,
 )
 from broden.dissect.pipeline import ThresholdSpec, dissect, score_activations
-from broden.dissect.results import DissectionResult
+from broden.dissect.results import DissectionResult, check_out
 from broden.dissect.settings import DissectSettings
 from broden.store import BrodenStore
 
@@ -45,7 +45,10 @@ def run_dissection(
     """Dissect ``layers`` of ``model`` (:func:`~broden.dissect.dissect`) or the layer of
     ``activations`` (:func:`~broden.dissect.score_activations`; ``layers``: at most its
     name); with ``rotate`` (a seed), the rotation experiment at ``alphas`` (default 1.0)
-    as well. Conflicting requests are a :class:`DissectError` naming the options."""
+    as well. Conflicting requests are a :class:`DissectError` naming the options, and so
+    is an ``out`` that is a file, a broden store or inside one
+    (:func:`~broden.dissect.results.check_out`)."""
+    check_out(out)
     if alphas and rotate is None:
         raise DissectError("--alpha needs --rotate SEED")
     if settings.amp and activations is not None:

@@ -8,9 +8,16 @@ Output layouts (``layout``):
     4-D output (B, a, b, c): channels-last (B, h, w, C) when ``a == b`` and ``b != c``
     (a square grid followed by a different channel count, as Swin and ConvNeXt blocks
     return), otherwise channels-first (B, C, h, w). 3-D output (B, T, D): transformer
-    tokens, see below. 2-D (B, D): one value per unit (a 1×1 map).
+    tokens, see below, when T is a square grid after at most :data:`MAX_AUTO_PREFIX`
+    class/register tokens (or ``prefix_tokens`` is given); other 3-D output (a 1-D
+    convolution's (B, C, L) may look like tokens) is an error asking for ``tokens``.
+    2-D (B, D): one value per unit (a 1×1 map).
 ``nchw`` / ``nhwc``
     force channels-first / channels-last for 4-D outputs.
+``tokens``
+    3-D output is transformer tokens (B, T, D), whatever T.
+
+An output with no units (0 channels) or an empty map is an error.
 
 Tokens (B, T, D) are reshaped to the square patch grid: the first ``prefix_tokens``
 (class and register tokens) are dropped and the remaining T' = g² tokens become a
@@ -36,7 +43,10 @@ from torch import nn
 
 from broden.dissect.errors import DissectError
 
-LAYOUTS: tuple[str, ...] = ("auto", "nchw", "nhwc")
+LAYOUTS: tuple[str, ...] = ("auto", "nchw", "nhwc", "tokens")
+#: ``auto`` reads 3-D output as tokens only with at most this many before the grid
+#: (ViT: 1 class token, DeiT: 2, DINOv2: 1 + 4 registers)
+MAX_AUTO_PREFIX = 8
 OUTPUT = "output"
 
 
@@ -171,6 +181,11 @@ def to_unit_maps(
         x = x.float()
     if layout not in LAYOUTS:
         raise DissectError(f"unknown layout {layout!r}; use one of {list(LAYOUTS)}")
+    if x.ndim == 4 and layout == "tokens":
+        raise DissectError(
+            f"--layout tokens: layer {layer!r} returns a 4-D tensor {tuple(x.shape)}, not "
+            "tokens (B, T, D); use --layout auto, nchw or nhwc"
+        )
     if x.ndim == 4:
         channels_last = layout == "nhwc" or (
             layout == "auto" and x.shape[1] == x.shape[2] and x.shape[2] != x.shape[3]
@@ -190,6 +205,14 @@ def to_unit_maps(
                 f"layer {layer!r}: {T} tokens minus {prefix} prefix tokens is not a square grid; "
                 "set the number of class/register tokens with --prefix-tokens"
             )
+        if prefix_tokens is None and layout != "tokens" and prefix > MAX_AUTO_PREFIX:
+            raise DissectError(
+                f"layer {layer!r} returns a 3-D tensor {tuple(x.shape)}, ambiguous: as "
+                f"transformer tokens (B, T, D) it would be a {g}×{g} grid after {prefix} "
+                "class/register tokens; if it is tokens, say so with --layout tokens (and "
+                "--prefix-tokens N); other 3-D outputs (a 1-D convolution's (B, C, L)) "
+                "cannot be dissected"
+            )
         x = x[:, prefix:, :].reshape(B, g, g, D).permute(0, 3, 1, 2)
     elif x.ndim == 2:
         x = x[:, :, None, None]
@@ -197,5 +220,11 @@ def to_unit_maps(
         raise DissectError(
             f"layer {layer!r} returns a {x.ndim}-D tensor {tuple(x.shape)}; expected (B, C, h, w), "
             "(B, h, w, C), tokens (B, T, D) or (B, D)"
+        )
+    if 0 in x.shape[1:]:
+        _, units, h, w = x.shape
+        raise DissectError(
+            f"layer {layer!r} returns {tuple(output.shape)}: {units} units of {h}×{w} "
+            "values, nothing to dissect; pick a layer with units and a non-empty map"
         )
     return x.contiguous()

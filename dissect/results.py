@@ -41,6 +41,7 @@ from broden.dissect.concepts import ConceptSelection
 from broden.dissect.errors import DissectError
 from broden.dissect.scoring import Scores, detector_summary, iou_matrix, score
 from broden.dissect.summary import SUMMARY, LayerSummary
+from broden.removal import store_containing
 
 RESULTS_VERSION = 1
 COUNT_FILES = ("counts.npz", "thresholds.npy", "topk.npz")
@@ -57,6 +58,22 @@ def layer_dir(out: Path, layer: str) -> Path:
     if safe in (".", ".."):
         safe = safe.replace(".", "_")
     return out / safe
+
+
+def check_out(out: str | os.PathLike[str]) -> Path:
+    """``out`` as a results folder to write (``--out``): a folder, or a path where one can
+    be made, that is not a broden store nor inside one (the layer folders would be
+    written into the store). :class:`DissectError` naming the path otherwise."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise DissectError(f"--out {p} is a file, not a folder; give a folder for the results")
+    store = store_containing(p)
+    if store is not None:
+        where = "is a broden store" if store == p.resolve() else f"is inside the store {store}"
+        raise DissectError(
+            f"--out {p} {where}; the results go in a folder of their own, outside any store"
+        )
+    return p
 
 
 def _natural_key(name: str) -> list[Any]:

@@ -81,7 +81,9 @@ class DissectSettings(BaseModel):
         "auto", description="auto: one forward pass when the activations fit the budget"
     )
     memory_budget: int = Field(2 * 1024**3, description="bytes for cached activations")
-    layout: str = Field("auto", description="4-D output layout: auto, nchw or nhwc")
+    layout: str = Field(
+        "auto", description="output layout: auto, nchw or nhwc (4-D), tokens (3-D B×T×D)"
+    )
     prefix_tokens: int | None = Field(
         None, description="class/register tokens before the patch grid"
     )
@@ -91,7 +93,14 @@ class DissectSettings(BaseModel):
     progress: bool = Field(True, description="progress bars")
     distributed: bool = Field(False, description="this process is one rank of a torchrun launch")
 
-    @field_validator("concepts", "sources", mode="before")
+    @field_validator("concepts", mode="before")
+    @classmethod
+    def _concepts(cls, value: Any) -> tuple[str, ...] | None:
+        from broden.dissect.concepts import concept_spec
+
+        return concept_spec(value)
+
+    @field_validator("sources", mode="before")
     @classmethod
     def _listed(cls, value: Any) -> tuple[str, ...] | None:
         return _names(value)

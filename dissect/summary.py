@@ -26,14 +26,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from broden.dissect.errors import DissectError
 
 #: the file name of a layer's summary
 SUMMARY = "summary.json"
+
+
+#: a count of units or concepts
+Count = Annotated[int, Field(ge=0)]
 
 
 class _Record(BaseModel):
@@ -112,23 +116,23 @@ class ActivationsRecord(_Record):
 
 
 class UniqueDetectors(_Record):
-    top_label: int
-    per_category: int
+    top_label: Count
+    per_category: Count
 
 
 class CategoryDetectors(_Record):
-    detectors: int
-    unique_top_label: int
-    units_over_threshold: int
-    unique_per_category: int
+    detectors: Count
+    unique_top_label: Count
+    units_over_threshold: Count
+    unique_per_category: Count
 
 
 class Detectors(_Record):
     """The detector numbers of a layer at one IoU threshold
     (:func:`broden.dissect.scoring.detector_summary`)."""
 
-    units: int
-    detectors: int
+    units: Count
+    detectors: Count
     unique_detectors: UniqueDetectors
     per_category: dict[str, CategoryDetectors]
     top_labels: list[str]
@@ -144,8 +148,8 @@ class LayerSummary(_Record):
     concepts: ConceptsRecord
     model: ModelRecord | ActivationsRecord
     timings: dict[str, float] = {}
-    units: int
-    detectors: int
+    units: Count
+    detectors: Count
     unique_detectors: UniqueDetectors
     per_category: dict[str, CategoryDetectors]
     top_labels: list[str]
@@ -178,10 +182,12 @@ class LayerSummary(_Record):
     @classmethod
     def read(cls, directory: Path) -> LayerSummary:
         """``directory/summary.json``; :class:`DissectError` naming the file and the first
-        problem when it is missing, not JSON, or not a dissection summary."""
+        problem when it is missing, not JSON, or not a dissection summary. Values are read
+        strictly: a count written as ``true``, ``"5"`` or ``2.5`` is an error, not coerced."""
         path = directory / SUMMARY
         try:
-            data: Any = json.loads(path.read_text())
+            text = path.read_text()
+            json.loads(text)
         except FileNotFoundError:
             raise DissectError(
                 f"{directory}: no {SUMMARY} (not a dissected layer folder)"
@@ -192,7 +198,7 @@ class LayerSummary(_Record):
                 "`broden dissect` for this layer"
             ) from None
         try:
-            return cls.model_validate(data)
+            return cls.model_validate_json(text, strict=True)
         except ValidationError as e:
             err = e.errors()[0]
             where = ".".join(str(p) for p in err["loc"]) or "(document)"

@@ -9,7 +9,6 @@ materials on a coarser partition, colors per pixel, scenes and textures per imag
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from broden.adapters.categories import category_sort_key
+from broden.removal import STORE, remove_ours
 from broden.schema import CategorySpec, CategoryStat, Concept, SourceInfo, StoreAttrs
 from broden.store import Block
 from broden.store import write_store as write_blocks
@@ -32,7 +32,8 @@ def write_store(
     complete: bool = True,
     sources: Sequence[str] | None = None,
 ) -> Path:
-    """Write a store at ``path`` (replacing it).
+    """Write a store at ``path`` (replacing a broden store there; anything else at
+    ``path`` is refused, :func:`~broden.removal.remove_ours`).
 
     ``images`` (N, S, S, 3) uint8; ``pixel[cat]`` (N, K, L, L) and ``image_labels[cat]``
     (N, K) global concept ids (0 = none); ``concepts[i]`` = (name, primary category) of
@@ -40,8 +41,7 @@ def write_store(
     Per-category frequency and coverage are counted from the arrays.
     """
     path = Path(path)
-    if path.exists():
-        shutil.rmtree(path)
+    remove_ours(path, STORE)
     images = np.asarray(images, np.uint8)
     N, S = images.shape[0], images.shape[1]
     src = ["synthetic"] * N if sources is None else [str(x) for x in sources]

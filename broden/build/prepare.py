@@ -16,7 +16,7 @@ from zarr.codecs import ZstdCodec
 from broden.adapters import SampleError, SourceSample
 from broden.adapters.colors import color_counts, color_labels
 from broden.build.plan import COLOR, Source
-from broden.build.staging import atomic_write_json, task_paths, worker
+from broden.build.staging import atomic_write_json, task_files, task_paths, worker
 from broden.imaging import label_grid, resize_image, sample_labels
 from broden.store import array_name
 
@@ -197,6 +197,7 @@ def run_prepare_task(task: int) -> dict[str, Any]:
         "samples": samples,
         "stats": [[s, c, i, v[0], v[1]] for (s, c, i), v in sorted(stats.items())],
         "part_of": [[*k, v] for k, v in sorted(part_of.items())],
+        "files": task_files(arrays_path),  # checked before the task is reused
     }
     atomic_write_json(record_path, record)
     return record

@@ -2,12 +2,14 @@
 
 ``plan.json`` (the plan's fingerprint), ``tasks/NNNNN.zarr`` + ``tasks/NNNNN.json`` (a
 prepared task's arrays, then its record, written last: a task is done when its record is
-there), ``written/NNNNN.json`` (a written shard's digests). Every record is written
-atomically (a temporary file, then a rename).
+there and every file of its arrays is as the record lists it, size and digest; anything
+else is prepared again, never read as zeros), ``written/NNNNN.json`` (a written shard's
+digests). Every record is written atomically (a temporary file, then a rename).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -68,16 +70,55 @@ def staging_path(store: Path) -> Path:
     return store.with_name(store.name + ".build")
 
 
+def _file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def task_files(arrays: Path) -> dict[str, list[Any]]:
+    """Every file of a task's staged arrays (``NNNNN.zarr``): relative path → [size,
+    digest of its bytes]; what its record lists, and what :func:`load_records` checks."""
+    files = {}
+    for f in sorted(arrays.rglob("*")):
+        if f.is_file():
+            files[f.relative_to(arrays).as_posix()] = [f.stat().st_size, _file_digest(f)]
+    return files
+
+
+def _intact(arrays: Path, files: Any) -> bool:
+    """Whether every file the record lists is there with its size and digest."""
+    if not isinstance(files, dict) or not files:
+        return False
+    try:
+        for name, (size, digest) in files.items():
+            f = arrays / name
+            if f.stat().st_size != size or _file_digest(f) != digest:
+                return False
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
+
+
 def load_records(staging: Path, plan: Plan) -> dict[int, dict[str, Any]]:
+    """The records of the tasks of ``plan`` that are done: a record of this plan whose
+    arrays are all there, whole (an earlier broden's record, which lists no files, is not
+    trusted: its task is prepared again)."""
     records = {}
     for t in range(len(plan.tasks)):
         arrays, path = task_paths(staging, t)
         if path.exists() and arrays.exists():
             try:
                 rec = json.loads(path.read_text())
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, OSError, UnicodeDecodeError):
                 continue  # rewritten below
-            if rec.get("fingerprint") == plan.fingerprint:
+            if (
+                isinstance(rec, dict)
+                and rec.get("fingerprint") == plan.fingerprint
+                and _intact(arrays, rec.get("files"))
+            ):
                 records[t] = rec
     return records
 

@@ -33,10 +33,22 @@ _INDENT = 2
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """The JSON document at ``path`` (a ``zarr.json``)."""
-    doc = json.loads(path.read_text())
+    """The JSON document at ``path`` (a ``zarr.json``). A file that is not a JSON object
+    (truncated, emptied, overwritten) is a :class:`StoreError` naming it; a missing one
+    is :class:`FileNotFoundError`, and the other errors of the file system are left to
+    the caller too."""
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:  # json's JSONDecodeError is a ValueError
+        raise StoreError(
+            f"{path}: damaged Zarr metadata (truncated or overwritten?): not valid JSON: {e}"
+        ) from None
+    except RecursionError:
+        raise StoreError(f"{path}: damaged Zarr metadata, nested too deeply") from None
     if not isinstance(doc, dict):
-        raise StoreError(f"{path}: not a Zarr metadata document")
+        raise StoreError(
+            f"{path}: damaged Zarr metadata: expected a JSON object, got {type(doc).__name__}"
+        )
     return doc
 
 
@@ -103,8 +115,10 @@ def consolidated_differences(root: str | os.PathLike[str]) -> list[str] | None:
     cons = doc.get(CONSOLIDATED)
     if cons is None:
         return None
-    copies: dict[str, Any] = dict(cons.get("metadata") or {})
     live = live_nodes(root)
+    copies = cons.get("metadata") if isinstance(cons, dict) else None
+    if not isinstance(copies, dict):  # a damaged copy is as stale as can be
+        return sorted(live)
 
     def bare(meta: Any) -> Any:  # a group's copy carries its own (empty) consolidated member
         if not isinstance(meta, dict):
@@ -121,7 +135,9 @@ def consolidated_differences(root: str | os.PathLike[str]) -> list[str] | None:
 def recorded_dimension_names(array_dir: Path) -> list[str] | None:
     """The ``dimension_names`` recorded in the array at ``array_dir`` (None: none)."""
     names = read_json(array_dir / "zarr.json").get("dimension_names")
-    return list(names) if names is not None else None
+    if not isinstance(names, list):  # none, or damaged: to be written again
+        return None
+    return list(names)
 
 
 def set_dimension_names(array_dir: Path, names: Sequence[str]) -> bool:
@@ -131,9 +147,12 @@ def set_dimension_names(array_dir: Path, names: Sequence[str]) -> bool:
     doc = read_json(path)
     if doc.get("node_type") != "array":
         raise StoreError(f"{array_dir}: not a Zarr array")
-    if len(doc["shape"]) != len(names):
+    shape = doc.get("shape")
+    if not isinstance(shape, list):
+        raise StoreError(f"{path}: damaged Zarr metadata: no shape; run `broden validate`")
+    if len(shape) != len(names):
         raise StoreError(
-            f"{array_dir}: {len(doc['shape'])} dimensions, but the layout names "
+            f"{array_dir}: {len(shape)} dimensions, but the layout names "
             f"{len(names)} ({', '.join(names)}); run `broden validate`"
         )
     if doc.get("dimension_names") == list(names):

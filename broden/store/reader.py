@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,9 +15,22 @@ import zarr
 from pydantic import ValidationError
 
 from broden.errors import StoreError
-from broden.schema import FORMAT_VERSION, CategorySpec, Concept, StoreAttrs
-from broden.store.layout import CONCEPTS_ATTR, DIGESTS_ATTR, STORE_ATTR, Block, array_names
+from broden.schema import FORMAT_VERSION, CategorySpec, Concept, StoreAttrs, parse_concepts
+from broden.store.layout import (
+    CONCEPTS_ATTR,
+    DIGESTS_ATTR,
+    STORE_ATTR,
+    Block,
+    array_names,
+    shard_rows,
+)
+from broden.store.metadata import read_json
 from broden.store.shards import ShardedRowReader
+
+#: rows ``[start, stop)`` of a named array: what :meth:`BrodenStore.read_block` reads with
+RowSource = Callable[[str, int, int], np.ndarray]
+#: arrays small enough to be read whole once and kept in memory
+WHOLE_ARRAYS = ("image/", "meta/")
 
 
 @dataclass
@@ -40,8 +53,16 @@ def open_group(path: str | Path) -> zarr.Group:
     if not Path(path).exists():
         raise StoreError(f"{path}: no such store")
     try:
+        read_json(Path(path) / "zarr.json")  # damaged (truncated, not JSON): names the file
         return zarr.open_group(str(path), mode="r", use_consolidated=False)
-    except (FileNotFoundError, ValueError, KeyError, zarr.errors.GroupNotFoundError) as e:
+    except (
+        FileNotFoundError,
+        NotADirectoryError,
+        ValueError,
+        KeyError,
+        TypeError,
+        zarr.errors.GroupNotFoundError,
+    ) as e:
         raise StoreError(f"{path}: not a Zarr group ({type(e).__name__})") from None
 
 
@@ -66,6 +87,11 @@ def read_attrs(group: zarr.Group, path: Path | str) -> StoreAttrs:
 class BrodenStore:
     """Read access to a complete store. Safe to pickle (re-opens lazily in each process).
 
+    A shard that does not decode is a :class:`StoreError` naming the array and the shard.
+    Reads are not checked against the recorded digests here: :mod:`broden.store.verified`
+    does that; ``checked_shards`` holds the (array, shard) pairs found to match (it travels
+    with the store to other processes).
+
     >>> store = BrodenStore("broden-sample.zarr")          # doctest: +SKIP
     >>> s = store.sample(0); s.pixel["object"].shape        # doctest: +SKIP
     (1, 112, 112)
@@ -80,14 +106,9 @@ class BrodenStore:
                 f"{self.path}: the store is incomplete (its build was interrupted or is still "
                 "running); run the same `broden build` command again to resume it"
             )
-        try:
-            table: list[Any] = list(group.attrs.get(CONCEPTS_ATTR) or [])  # type: ignore[arg-type]
-            self.concepts = [Concept.model_validate(c) for c in table]
-        except ValidationError as e:
-            raise StoreError(
-                f"{self.path}: damaged concept table: {e.errors()[0]['msg']}"
-            ) from None
+        self.concepts = parse_concepts(group.attrs.get(CONCEPTS_ATTR), self.path)
         self._group: zarr.Group | None = group
+        self.checked_shards: set[tuple[str, int]] = set()
 
     # pickling: drop the open group, reopen on first use in the new process
     def __getstate__(self) -> dict[str, Any]:
@@ -166,16 +187,60 @@ class BrodenStore:
 
     def _row(self, name: str, index: int) -> np.ndarray:
         reader = self._row_reader(name)
-        if reader is not None:
+        if reader is None:
+            return self.rows(name, index, index + 1)[0]
+        try:
             return reader.read(index)
-        return np.asarray(self.array(name)[index])
+        except Exception as e:  # the codec's error on a damaged or truncated shard file
+            raise self._undecodable(name, index, e) from None
 
     def _whole(self, name: str) -> np.ndarray:
         """A small array (whole-image labels, metadata) read once and kept in memory."""
         cache: dict[str, np.ndarray] = self.__dict__.setdefault("_small", {})
         if name not in cache:
-            cache[name] = np.asarray(self.array(name)[:])
+            arr = self.array(name)
+            try:
+                cache[name] = np.asarray(arr[:])
+            except Exception:  # find the shard that does not decode
+                cache[name] = np.concatenate([self._decoded(name, a, b) for a, b in self.shards()])
         return cache[name]
+
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` of array ``name`` (``image/`` and ``meta/`` arrays from
+        their copy in memory); a shard that does not decode is a :class:`StoreError`
+        naming the array and the shard."""
+        if name.startswith(WHOLE_ARRAYS):
+            return self._whole(name)[start:stop]
+        stop, shard = min(stop, len(self)), self.shard_size
+        if stop <= start:
+            return np.asarray(self.array(name)[start:stop])
+        parts = [
+            self._decoded(name, max(j * shard, start), min((j + 1) * shard, stop))
+            for j in range(start // shard, -(-stop // shard))
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _decoded(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` of one shard of array ``name``."""
+        try:
+            reader = self._row_reader(name)
+            if reader is None:
+                return np.asarray(self.array(name)[start:stop])
+            return np.stack([reader.read(i) for i in range(start, stop)])
+        except StoreError:
+            raise
+        except Exception as e:  # the codec's error on a damaged or truncated shard file
+            raise self._undecodable(name, start, e) from None
+
+    def _undecodable(self, name: str, row: int, error: Exception) -> StoreError:
+        """The error for a shard of ``name`` (the one holding ``row``) that does not decode."""
+        j = row // self.shard_size
+        a, b = shard_rows(j, len(self), self.shard_size)
+        what = " ".join(f"{type(error).__name__}: {error}".split())
+        return StoreError(
+            f"{self.path}: cannot read images {a}-{b - 1} of {name} (shard {j}): the shard "
+            f"does not decode ({what}); `broden validate {self.path}` lists what is damaged"
+        )
 
     def array_names(self) -> list[str]:
         return array_names(self.categories)
@@ -219,27 +284,30 @@ class BrodenStore:
             split=str(self.meta("split")[index]),
         )
 
-    def read_block(self, start: int, stop: int, images: bool = True) -> Block:
-        """Rows ``[start, stop)`` of every array (``images=False``: labels and metadata only)."""
+    def read_block(
+        self, start: int, stop: int, images: bool = True, rows: RowSource | None = None
+    ) -> Block:
+        """Rows ``[start, stop)`` of every array (``images=False``: labels and metadata
+        only), each read by ``rows`` (default :meth:`rows`; a
+        :class:`~broden.store.verified.ShardVerifier` passes its checked reads)."""
         stop = min(stop, len(self))
+        read = rows or self.rows
 
-        def rows(name: str) -> np.ndarray:
-            if self._row_reader(name) is None:
-                return np.asarray(self.array(name)[start:stop])
-            return np.stack([self._row(name, i) for i in range(start, stop)])
+        def part(name: str) -> np.ndarray:
+            return read(name, start, stop)
 
         blk = Block(
-            images=rows("images") if images else np.zeros((stop - start, 0, 0, 3), np.uint8)
+            images=part("images") if images else np.zeros((stop - start, 0, 0, 3), np.uint8)
         )
         for c in self.categories:
             if c.kind == "pixel":
-                blk.pixel[c.name] = rows(f"pixel/{c.name}")
+                blk.pixel[c.name] = part(f"pixel/{c.name}")
             else:
-                blk.image_labels[c.name] = self._whole(f"image/{c.name}")[start:stop]
-        blk.source = [str(s) for s in self.meta("source")[start:stop]]
-        blk.source_id = [str(s) for s in self.meta("source_id")[start:stop]]
-        blk.split = [str(s) for s in self.meta("split")[start:stop]]
-        blk.orig_size = self.meta("orig_size")[start:stop]
+                blk.image_labels[c.name] = part(f"image/{c.name}")
+        blk.source = [str(s) for s in part("meta/source")]
+        blk.source_id = [str(s) for s in part("meta/source_id")]
+        blk.split = [str(s) for s in part("meta/split")]
+        blk.orig_size = part("meta/orig_size")
         return blk
 
     def shards(self) -> Iterator[tuple[int, int]]:

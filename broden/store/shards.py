@@ -29,6 +29,27 @@ _EMPTY = np.uint64(2**64 - 1)
 _DTYPES = {"uint8": "u1", "uint16": "<u2", "int32": "<i4"}
 
 
+def shard_key(shard: int, ndim: int) -> str:
+    """The file of shard ``shard`` (along axis 0) of an ``ndim``-D array under the default
+    chunk key encoding, relative to the array's folder: ``c/<shard>/0/0/...``."""
+    return "/".join(["c", str(shard)] + ["0"] * (ndim - 1))
+
+
+def shard_file(array_dir: Path, shard: int) -> Path | None:
+    """The file of shard ``shard`` of the array stored in ``array_dir`` (None: its metadata
+    is unreadable or names another chunk key encoding). The file need not exist: zarr
+    writes no file for a shard that is all fill value."""
+    try:
+        meta: dict[str, Any] = json.loads((array_dir / "zarr.json").read_text())
+        enc = meta["chunk_key_encoding"]
+        ndim = len(meta["shape"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if enc.get("name") != "default" or enc.get("configuration", {}).get("separator", "/") != "/":
+        return None
+    return array_dir / shard_key(shard, ndim)
+
+
 class ShardedRowReader:
     """Reads rows (index along axis 0) of one sharded array straight from its shard files."""
 
@@ -106,9 +127,8 @@ class ShardedRowReader:
         index = self._index.get(shard)
         if index is not None:
             return self._fds[shard], index
-        key = "/".join(["c", str(shard)] + ["0"] * (len(self.shape) - 1))
         try:
-            fd = os.open(self.root / key, os.O_RDONLY)
+            fd = os.open(self.root / shard_key(shard, len(self.shape)), os.O_RDONLY)
         except FileNotFoundError:
             return None  # never written: every chunk is the fill value
         n = self.shard_rows

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from broden.errors import StoreError
 from broden.store.layout import dimension_names
+from broden.store.lock import store_lock
 from broden.store.metadata import (
     consolidate,
     consolidated_differences,
@@ -56,8 +57,15 @@ def upgrade_store(path: str | Path) -> list[str]:
     write its consolidated metadata (metadata only: data, shard digests and fingerprint
     unchanged); what it changed, one line each (empty: the store was up to date).
 
-    :class:`~broden.errors.StoreError` if ``path`` is not a complete Broden store."""
+    :class:`~broden.errors.StoreError` if ``path`` is not a complete Broden store, or if
+    another process is writing it (it holds the store's lock, :mod:`~broden.store.lock`)."""
     path = Path(path)
+    _todo(path)  # not a store: said before a lock file is made beside it
+    with store_lock(path):
+        return _upgrade(path)
+
+
+def _upgrade(path: Path) -> list[str]:
     arrays, stale = _todo(path)
     if not arrays and stale == []:
         return []

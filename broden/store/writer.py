@@ -17,7 +17,9 @@
    it all the same, and ``broden upgrade`` writes it).
 
 :func:`write_store` does all three for data in memory (synthetic stores, benchmarks,
-tests).
+tests). :meth:`StoreWriter.shard_holds` and :func:`digest_mismatches` read shards back
+against their digests: a resumed or rerun build trusts nothing else as written. One process
+at a time writes a store (its lock, :mod:`broden.store.lock`, taken by the commands).
 
 >>> w = StoreWriter.begin("s.zarr", attrs, concepts)               # doctest: +SKIP
 >>> digests = [w.write_shard(j, block) for j, block in enumerate(blocks)]  # doctest: +SKIP
@@ -184,6 +186,20 @@ class StoreWriter:
             digests[name] = shard_digest(data)
         return digests
 
+    def shard_holds(self, index: int, digests: Mapping[str, str]) -> bool:
+        """Whether shard ``index`` of each named array reads back with its digest (a resumed
+        run checks the shards it recorded as written before it trusts them); an array or
+        shard that cannot be read does not hold."""
+        try:
+            for name, want in digests.items():
+                arr = self.array(name)
+                start, stop = shard_rows(index, arr.shape[0], self.attrs.shard_size)
+                if shard_digest(np.asarray(arr[start:stop])) != want:
+                    return False
+        except Exception:  # noqa: BLE001 - a damaged shard file raises from its codec
+            return False
+        return True
+
     # -- 3. finish --------------------------------------------------------------------------
 
     def finish(
@@ -220,6 +236,34 @@ def merge_digests(per_shard: Iterable[Mapping[str, str]]) -> dict[str, list[str]
         for name, d in shard.items():
             out.setdefault(name, []).append(d)
     return out
+
+
+def digest_mismatches(path: str | os.PathLike[str]) -> list[str]:
+    """The shards of the store at ``path`` that do not read back with the digests recorded
+    when they were written (missing, damaged or rewritten shard files, missing digests):
+    one line each, empty when every array holds what its writer wrote. A store that cannot
+    be opened is one line."""
+    writer = StoreWriter(path)
+    try:
+        attrs = writer.attrs
+        names = array_names(attrs.categories)
+    except Exception as e:  # noqa: BLE001 - any damage to its metadata
+        return [f"{path}: unreadable store metadata ({type(e).__name__})"]
+    problems = []
+    for name in names:
+        try:
+            recorded = writer.array(name).attrs.get(DIGESTS_ATTR)
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"{name}: unreadable ({type(e).__name__})")
+            continue
+        expected = n_shards(attrs.images, attrs.shard_size)
+        if not isinstance(recorded, list) or len(recorded) != expected:
+            problems.append(f"{name}: shard digests missing from its attributes")
+            continue
+        for j, want in enumerate(recorded):
+            if not writer.shard_holds(j, {name: str(want)}):
+                problems.append(f"{name} shard {j}: content differs from its recorded digest")
+    return problems
 
 
 def write_store(

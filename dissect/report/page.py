@@ -49,6 +49,7 @@ from broden.dissect.summary import (
     ModelRecord,
 )
 from broden.dissect.transforms import UnitTransform
+from broden.removal import REPORT_FILES, refusal, remove_ours
 
 if TYPE_CHECKING:
     from broden.store import BrodenStore
@@ -258,6 +259,9 @@ def write_report(
     if tile_size < 8:
         raise DissectError(f"--tile-size must be at least 8 pixels, got {tile_size}")
     dirs = layer_dirs(out, itself=False)
+    why = refusal(out / FILES, REPORT_FILES)  # before any work: replaced at the end
+    if why is not None:
+        raise DissectError(f"refusing to replace {out / FILES}: {why}")
     if layers is not None:
         wanted = list(dict.fromkeys(layers))
         missing = [la for la in wanted if la not in {d.name for d in dirs}]
@@ -332,7 +336,7 @@ def write_report(
             "dim": f"{DIM:.0%}",
         }
     )
-    shutil.rmtree(files, ignore_errors=True)
+    remove_ours(files, REPORT_FILES)  # only the files of an earlier report
     staging.rename(files)
     target = out / REPORT
     tmp = out / (REPORT + ".partial")

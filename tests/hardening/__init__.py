@@ -1,0 +1,1 @@
+"""Hostile inputs, faults and races (issue 12): one module per kind of defect."""
