@@ -230,8 +230,19 @@ def report_command(
     ] = None,
     masks: Annotated[
         bool,
-        typer.Option(help="draw the units' masks (re-runs the model on the top images)"),
+        typer.Option(help="draw the units' masks (from each layer's topmaps.npy)"),
     ] = True,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="for results without topmaps.npy (an earlier broden): the dissected model's "
+            "spec, re-run on the top images; checked against the recorded fingerprint (the "
+            "spec in summary.json is never loaded)"
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="its state dict, as given to broden dissect")
+    ] = None,
     tile_size: Annotated[int, typer.Option(help="pixels per image in the strips")] = 112,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
     batch_size: Annotated[int, typer.Option(help="images per batch")] = 32,
@@ -255,6 +266,8 @@ def report_command(
         batch_size=batch_size,
         progress=not quiet,
         layers=layer or None,
+        model=model,
+        weights=weights,
     )
     typer.echo(f"report: {page}")
 

@@ -1,7 +1,8 @@
 """One layer through the passes of a dissection (:class:`LayerJob`): pass 1 observes each
 batch's maps (finiteness, the per-unit top values that give the thresholds, the top
-images, an in-memory copy when kept), pass 2 tallies them against the labels; under
-``torchrun`` the ranks' top values, counts and top images are merged."""
+images with the maps of the best ``top_k`` for the report, an in-memory copy when kept),
+pass 2 tallies them against the labels; under ``torchrun`` the ranks' top values, counts,
+top images and their maps are merged."""
 
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ class LayerJob:
         else:
             k = values_needed(n_images * h * w, settings.quantile, settings.quantile_method)
             self.quant = StreamingTopK(U, k, maps.device, maps.dtype)
-        self.top = TopImages(U, min(settings.top_images, n_images))
+        self.top = TopImages(U, min(settings.top_images, n_images), keep=settings.top_k)
         self.tally = Tally(U, tables, label_size)
 
     def check(self, maps: torch.Tensor, batch: StoreBatch) -> None:
@@ -91,7 +92,7 @@ class LayerJob:
         """Pass 1: thresholds' top-k, top images, finiteness, optional in-memory copy."""
         self.check(maps, batch)
         assert self.top is not None
-        self.top.add(maps.amax(dim=(2, 3)), batch.indices())
+        self.top.add(maps.amax(dim=(2, 3)), batch.indices(), maps)
         if self.quant is not None:
             self.quant.add(maps.transpose(0, 1).reshape(self.units, -1))
         if self.cache is not None:
@@ -113,9 +114,22 @@ class LayerJob:
         images = torch.tensor([t.images], dtype=torch.int64, device=t.label_counts.device)
         ranks.sum_([t.intersection, *t.area.values(), t.label_counts, images])
         t.images = int(images)
+        local = self.top.indices
         self.top.values, self.top.indices = ranks.merge_top_images(
             self.top.values, self.top.indices, self.top.k
         )
+        if ranks.world > 1 and self.top.keep:  # every rank takes part, with or without maps
+            if self.top.maps is None:
+                self.top.maps = torch.zeros((self.units, 0, *self.shape), dtype=self.dtype)
+            self.top.share_maps(local, ranks.sum_)
+
+    def top_maps(self) -> np.ndarray | None:
+        """The maps of each unit's best ``top_k`` images (units, k, h, w), as the passes
+        saw them (after the unit transform), in their dtype; None when none were kept."""
+        assert self.top is not None
+        if self.top.maps is None:
+            return None
+        return self.top.maps.cpu().numpy()
 
     def add(self, maps: torch.Tensor, labels: Any) -> None:
         """Pass 2 (or 1, with given thresholds): the tally of a batch."""

@@ -22,8 +22,9 @@ from broden.dissect.errors import DissectError
 from broden.dissect.layerjob import LayerJob
 from broden.dissect.results import DissectionResult, cache_key, read_cached, write_layer
 from broden.dissect.settings import DissectSettings
-from broden.dissect.summary import LayerSummary
+from broden.dissect.summary import SUMMARY, LayerSummary
 from broden.dissect.tally import LabelTables
+from broden.dissect.topimages import TOPMAPS
 from broden.store import BrodenStore
 
 #: batches of store images with each layer's maps
@@ -195,6 +196,8 @@ class Run:
     ) -> DissectionResult:
         extra = self.header(job, source, job.key, settings)
         t0 = time.perf_counter()
+        if self.ranks.is_main:
+            save_top_maps(job)
         res = write_layer(
             job.directory,
             job.name,
@@ -252,3 +255,16 @@ class Run:
                 self.timings["pass2_s"] = round(time.perf_counter() - t1, 3)
             for j in jobs:
                 j.merge(self.ranks)
+
+
+def save_top_maps(job: LayerJob) -> None:
+    """``topmaps.npy`` (the maps the report draws its masks from), written after the
+    summary is removed and before it is written again, so that a layer folder with a
+    summary never holds the maps of another run."""
+    job.directory.mkdir(parents=True, exist_ok=True)
+    (job.directory / SUMMARY).unlink(missing_ok=True)
+    maps = job.top_maps()
+    if maps is None:
+        (job.directory / TOPMAPS).unlink(missing_ok=True)
+    else:
+        np.save(job.directory / TOPMAPS, maps, allow_pickle=False)

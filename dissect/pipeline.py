@@ -7,7 +7,9 @@ For each layer that is not already in the results cache:
 
 1. **Thresholds**: a pass feeds every batch's activations to a per-unit
    :class:`~broden.dissect.thresholds.StreamingTopK` and records each unit's top images; the
-   thresholds follow from the kept values. Given thresholds skip this.
+   thresholds follow from the kept values; the maps of each unit's ``top_k`` best images
+   are kept for the report (``topmaps.npy``). Given thresholds skip the thresholds (the
+   one pass still records the top images and their maps).
 2. **Tally**: a pass upsamples, thresholds and counts (:class:`~broden.dissect.tally.Tally`).
 3. **Scoring** and files (:mod:`broden.dissect.results`).
 

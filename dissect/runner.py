@@ -9,7 +9,9 @@ function from a batch of uint8 store images to each layer's (B, U, h, w) maps: i
 scaled to [0, 1], resized and normalised (:func:`~broden.dissect.models.preprocess`),
 padded to an exported model's fixed batch size, run under autocast when ``amp``, the
 outputs turned into unit maps (:func:`~broden.dissect.hooks.to_unit_maps`). The
-dissection, the report's masks and segmentation all run models through it.
+dissection, segmentation and the report's masks of older results (without
+``topmaps.npy``) run models through it; those two only with a model the user names
+(:meth:`ModelRunner.from_record` checks it against the recorded fingerprint).
 
 >>> runner = ModelRunner.load("dissect.zoo:resnet18", None, InputPrep(norm, 224), device)
 >>> with runner.capture(["layer4"]) as run:                        # doctest: +SKIP
@@ -22,7 +24,6 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -73,36 +74,29 @@ class ModelRunner:
         record: ModelRecord,
         settings: RunSettings,
         device: torch.device,
-        module: str | nn.Module | None = None,
+        model: str | nn.Module,
+        weights: str | os.PathLike[str] | None = None,
         hint: str = "",
     ) -> ModelRunner:
-        """The model a layer was dissected with, loaded again from its ``summary.json``
-        record (spec and weights; ``module`` instead of the recorded spec, e.g. for a model
-        given as a Python object), checked against the recorded fingerprint, with the
-        input prepared as recorded (normalisation, input size, layout, prefix tokens,
-        amp). ``hint`` ends every error message (what the caller can do instead)."""
-        spec: str | nn.Module = record.spec if module is None else module
-        if isinstance(spec, str) and spec.startswith("module:"):
-            raise DissectError(
-                f"the model was given as a Python object ({spec}), which cannot be loaded "
-                f"again from its results{hint}"
-            )
-        weights = record.weights if module is None or isinstance(module, str) else None
-        if weights is not None and not Path(weights).is_file():
-            raise DissectError(
-                f"the weights {weights} recorded in summary.json are gone (paths are relative "
-                f"to the folder `broden dissect` ran in){hint}"
-            )
+        """The model a layer was dissected with, as the caller names it: ``model`` (a spec
+        or a module) with ``weights``, given by the user, never the spec recorded in
+        ``summary.json`` (a results folder is data: reading one never imports or runs
+        what it names). The loaded model must have the recorded fingerprint; its input is
+        prepared as recorded (normalisation, input size, layout, prefix tokens, amp).
+        ``hint`` ends every error message (what the caller can do instead)."""
         try:
-            loaded = load_model(spec, weights)
+            loaded = load_model(model, weights)
         except DissectError as e:
-            raise DissectError(f"the dissected model no longer loads ({e}){hint}") from None
+            raise DissectError(f"the model given does not load ({e}){hint}") from None
         if loaded.fingerprint != record.fingerprint:
-            with_weights = f" with weights {weights}" if weights else ""
+            given = f"{loaded.spec}" + (f" with weights {weights}" if weights else "")
+            used = f"{record.spec!r}" + (
+                f" with weights {record.weights!r}" if record.weights else ""
+            )
             raise DissectError(
-                f"the model {loaded.spec}{with_weights} loads but is not the one dissected "
-                f"(fingerprint {loaded.fingerprint}, recorded {record.fingerprint}): its code "
-                f"or weights changed since, and its thresholds and labels would not apply{hint}"
+                f"the model {given} is not the one dissected (fingerprint "
+                f"{loaded.fingerprint}, recorded {record.fingerprint} for {used}): give the "
+                f"same model spec and weights as `broden dissect` was given{hint}"
             )
         mean, std = record.normalize
         prep = InputPrep(

@@ -36,6 +36,9 @@ from broden.dissect.errors import DissectError
 SUMMARY = "summary.json"
 
 
+#: larger is not a summary (read whole, so a tampered one must not fill the memory)
+MAX_SUMMARY_BYTES = 16 << 20
+
 #: a count of units or concepts
 Count = Annotated[int, Field(ge=0)]
 
@@ -186,13 +189,15 @@ class LayerSummary(_Record):
         strictly: a count written as ``true``, ``"5"`` or ``2.5`` is an error, not coerced."""
         path = directory / SUMMARY
         try:
-            text = path.read_text()
+            if path.stat().st_size > MAX_SUMMARY_BYTES:
+                raise ValueError(f"{path.stat().st_size} bytes; a summary is a few kB")
+            text = path.read_text(encoding="utf-8")
             json.loads(text)
         except FileNotFoundError:
             raise DissectError(
                 f"{directory}: no {SUMMARY} (not a dissected layer folder)"
             ) from None
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             raise DissectError(
                 f"{directory}: cannot read {SUMMARY} ({type(e).__name__}: {e}); re-run "
                 "`broden dissect` for this layer"
@@ -201,8 +206,14 @@ class LayerSummary(_Record):
             return cls.model_validate_json(text, strict=True)
         except ValidationError as e:
             err = e.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "(document)"
+            where = _printable(".".join(str(p) for p in err["loc"])) or "(document)"
             raise DissectError(
                 f"{directory}: cannot read {SUMMARY}: it is not a dissection summary "
                 f"({where}: {err['msg']}); re-run `broden dissect` for this layer"
             ) from None
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    """``text`` (from the file: a key of a tampered summary) on one line, shortened."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return out if len(out) <= limit else out[: limit - 1] + "…"

@@ -25,6 +25,7 @@ from tests.dissect_helpers import random_labels_store
 
 REPO = Path(__file__).resolve().parent.parent
 FILES = ("iou.npy", "thresholds.npy", "units.csv", "counts.npz", "topk.npz", "concepts.csv")
+FILES += ("topmaps.npy",)  # the maps of the report's top images
 MODEL = "dissect.zoo:resnet18"
 
 

@@ -315,10 +315,10 @@ def test_rotation_of_a_model_layer(painted, tmp_path):
         assert (tmp_path / la / "rotation.csv").is_file()
         assert r.rotated[1.0].summary.model.spec == MODEL
     # segmenting with rotated results re-applies the recorded rotation
-    seg0 = segment(1, tmp_path / "mix", store=ts.path)
-    seg_r0 = segment(1, rotation_dir(tmp_path, 1, 0.0) / "mix", store=ts.path)
+    seg0 = segment(1, tmp_path / "mix", store=ts.path, model=MODEL)
+    seg_r0 = segment(1, rotation_dir(tmp_path, 1, 0.0) / "mix", store=ts.path, model=MODEL)
     np.testing.assert_array_equal(seg0.masks, seg_r0.masks)
-    segment(1, rotation_dir(tmp_path, 1, 1.0) / "mix", store=ts.path)
+    segment(1, rotation_dir(tmp_path, 1, 1.0) / "mix", store=ts.path, model=MODEL)
     labels = [s.label for s in compare([tmp_path, rotation_dir(tmp_path, 1, 1.0)], tmp_path).series]
     assert labels[-2:] == [f"{MODEL}/{la} (rotated: seed 1, alpha 1)" for la in ("mix", "pool")]
     with pytest.raises(DissectError, match="--thresholds cannot be combined with --rotate"):
@@ -426,7 +426,7 @@ def _image_with_all_three(ts) -> int:
 def test_segment_a_store_image_gives_each_units_concept_region(painted, tmp_path):
     ts, out = painted
     i = _image_with_all_three(ts)
-    seg = segment(i, out / "mix", store=ts.path, out=tmp_path / "o.png")
+    seg = segment(i, out / "mix", store=ts.path, model=MODEL, out=tmp_path / "o.png")
     # best IoU first: units 0-2 (IoU 1, copies of obj0-obj2), then unit 3 (their union)
     assert seg.units.tolist() == [0, 1, 2, 3]
     assert seg.labels[:3] == ["obj0", "obj1", "obj2"]
@@ -453,7 +453,7 @@ def test_segment_an_image_file_of_another_size(painted, tmp_path):
     i = _image_with_all_three(ts)
     big = Image.fromarray(ts.images[i]).resize((96, 80), Image.Resampling.NEAREST)
     big.save(tmp_path / "big.png")
-    seg = segment(tmp_path / "big.png", out / "mix", out=tmp_path / "overlay.png")
+    seg = segment(tmp_path / "big.png", out / "mix", model=MODEL, out=tmp_path / "overlay.png")
     assert seg.image.shape == (80, 96, 3) and seg.masks.shape == (4, 80, 96)
     assert_png(tmp_path / "overlay.png", (96, 80))
     L = ts.label_size
@@ -469,12 +469,13 @@ def test_segment_an_image_file_of_another_size(painted, tmp_path):
 
 def test_segment_top_and_min_iou_choose_the_units(painted):
     ts, out = painted
-    assert segment(0, out / "mix", store=ts.path, top=2).units.tolist() == [0, 1]
-    assert segment(0, out / "mix", store=ts.path, min_iou=0.5).units.tolist() == [0, 1, 2]
-    none = segment(0, out / "mix", store=ts.path, min_iou=1.0)
+    assert segment(0, out / "mix", store=ts.path, model=MODEL, top=2).units.tolist() == [0, 1]
+    half = segment(0, out / "mix", store=ts.path, model=MODEL, min_iou=0.5)
+    assert half.units.tolist() == [0, 1, 2]
+    none = segment(0, out / "mix", store=ts.path, model=MODEL, min_iou=1.0)
     assert none.masks.shape == (0, *ts.images.shape[1:3]) and "no detector" in none.format()
     with pytest.raises(DissectError, match="--top"):
-        segment(0, out / "mix", store=ts.path, top=0)
+        segment(0, out / "mix", store=ts.path, model=MODEL, top=0)
 
 
 def test_segment_errors(painted, planted, tmp_path):
@@ -484,24 +485,24 @@ def test_segment_errors(painted, planted, tmp_path):
     with pytest.raises(DissectError, match="precomputed activations"):
         segment(0, tmp_path / "acts" / "conv", store=ts.path)
     with pytest.raises(DissectError, match="no such file"):
-        segment(tmp_path / "missing.png", out / "mix")
+        segment(tmp_path / "missing.png", out / "mix", model=MODEL)
     with pytest.raises(DissectError, match="needs --store"):
-        segment("3", out / "mix")
+        segment("3", out / "mix", model=MODEL)
     with pytest.raises(DissectError, match="has images 0-"):
-        segment(ts.n, out / "mix", store=ts.path)
+        segment(ts.n, out / "mix", store=ts.path, model=MODEL)
     with pytest.raises(DissectError, match="holds 2 layers"):
-        segment(0, out, store=ts.path)
+        segment(0, out, store=ts.path, model=MODEL)
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(DissectError, match="not an image"):
-        segment(tmp_path / "bad.png", out / "mix")
+        segment(tmp_path / "bad.png", out / "mix", model=MODEL)
     with pytest.raises(DissectError, match="no such folder"):
-        segment(0, tmp_path / "nothing", store=ts.path)
+        segment(0, tmp_path / "nothing", store=ts.path, model=MODEL)
 
 
 def test_segment_command(painted, tmp_path):
     ts, out = painted
     png = tmp_path / "seg.png"
-    args = ["segment", "2", "--results", str(out / "mix"), "--out", str(png)]
+    args = ["segment", "2", "--results", str(out / "mix"), "--out", str(png), "--model", MODEL]
     r = runner.invoke(cli(), [*args, "--store", str(ts.path), "--top", "3"])
     assert r.exit_code == 0, r.output
     assert "unit 0: obj0 (object, IoU 1.000)" in r.output
@@ -514,8 +515,8 @@ def test_segment_command(painted, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_rotation_and_segmentation_on_cuda(painted, planted, tmp_path):
     ts, out = painted
-    cpu = segment(2, out / "mix", store=ts.path, device="cpu")
-    gpu = segment(2, out / "mix", store=ts.path, device="cuda")
+    cpu = segment(2, out / "mix", store=ts.path, model=MODEL, device="cpu")
+    gpu = segment(2, out / "mix", store=ts.path, model=MODEL, device="cuda")
     np.testing.assert_array_equal(cpu.masks, gpu.masks)
     pts, acts, _ = planted
     res = run_rotation(

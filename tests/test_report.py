@@ -392,6 +392,9 @@ def test_precomputed_activations_draw_masks_until_the_file_is_gone(tmp_path: Pat
     assert shown == expect
     path.unlink()
     html = write_report(out, top_k=4).read_text()
+    assert "unit masks not drawn" not in html  # drawn from topmaps.npy, not the file
+    (out / "conv5" / "topmaps.npy").unlink()  # as in results of an earlier broden
+    html = write_report(out, top_k=4).read_text()
     assert "unit masks not drawn: the activation file" in html
     assert all((out / n.attrs["src"]).is_file() for n in Dom(html).find("img", class_="um"))
 
@@ -414,9 +417,12 @@ def test_a_transformed_layer_needs_its_transform(tmp_path: Path) -> None:
         unit_transform=negate,
         transform_key="negate",
     )
-    html = write_report(out, top_k=3).read_text()
+    html = write_report(out, top_k=3).read_text()  # topmaps.npy holds the transformed maps
+    assert "not drawn" not in html and "differ from the recorded" not in html
+    (out / "pool" / "topmaps.npy").unlink()  # a re-run of the model needs the transform
+    html = write_report(out, top_k=3, model=MODEL).read_text()
     assert "unit transform" in html and "not drawn" in html
-    html = write_report(out, top_k=3, transforms={"pool": negate}).read_text()
+    html = write_report(out, top_k=3, transforms={"pool": negate}, model=MODEL).read_text()
     assert "not drawn" not in html and "differ from the recorded" not in html
 
 
@@ -449,8 +455,11 @@ def test_missing_store_and_model_that_no_longer_loads(run: TinyRun, tmp_path: Pa
         s: dict[str, Any] = json.loads(f.read_text())
         s["model"]["spec"] = "tests.no_such_module:model"
         f.write_text(json.dumps(s))
-    with pytest.raises(DissectError, match="no longer loads.*--no-masks"):
-        write_report(out, store=run.store)
+    assert "not drawn" not in write_report(out, store=run.store).read_text()  # topmaps.npy
+    for layer in ("conv", "pool"):
+        (out / layer / "topmaps.npy").unlink()
+    with pytest.raises(DissectError, match="does not load.*--no-masks"):
+        write_report(out, store=run.store, model="tests.no_such_module:model")
     assert write_report(out, store=run.store, masks=False).is_file()
 
 

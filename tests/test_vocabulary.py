@@ -48,9 +48,7 @@ def test_key_names_are_lowercased_suffixed_and_filtered(syn: Synonyms) -> None:
 def run(
     stats: dict[Key, tuple[int, float]], names: dict[Key, list[str]], mf: int = 1, mc: float = 0
 ):
-    return unify(
-        {k: KeyStats(f, c) for k, (f, c) in stats.items()}, lambda k: names[k], mf, mc
-    )
+    return unify({k: KeyStats(f, c) for k, (f, c) in stats.items()}, lambda k: names[k], mf, mc)
 
 
 def test_same_name_across_sources_and_categories_is_one_concept() -> None:

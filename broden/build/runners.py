@@ -75,7 +75,7 @@ def _spawn_hint() -> str:
         return ""  # not a script run as `python script.py` (the broden command, python -m)
     return (
         f". No worker finished a task: if {main.__file__} calls broden's build or add with "
-        "workers > 1, put that call under `if __name__ == \"__main__\":` (worker processes "
+        'workers > 1, put that call under `if __name__ == "__main__":` (worker processes '
         "are started with spawn, which imports the script again)"
     )
 

@@ -7,12 +7,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from broden.adapters.categories import category_sort_key
 from broden.build.layout import Layout
 from broden.build.plan import Plan
-from broden.schema import FORMAT_VERSION, BuildReport, SkippedSample, SourceInfo, StoreAttrs
+from broden.schema import (
+    FORMAT_VERSION,
+    BuildReport,
+    SkippedSample,
+    SourceInfo,
+    StoreAttrs,
+    parse_concepts,
+)
 from broden.store import CONCEPTS_ATTR, open_group
 
 
@@ -112,9 +118,8 @@ def store_attrs(plan: Plan, layout: Layout, report: BuildReport, complete: bool)
 def summary_from_attrs(out: Path, attrs: StoreAttrs, seconds: float) -> BuildSummary:
     g = open_group(out)
     concepts: dict[str, int] = defaultdict(int)
-    table: list[dict[str, Any]] = list(g.attrs.get(CONCEPTS_ATTR) or [])  # type: ignore[arg-type]
-    for c in table:
-        concepts[c["category"]] += 1
+    for c in parse_concepts(g.attrs.get(CONCEPTS_ATTR), out):
+        concepts[c.category] += 1
     ordered = dict(sorted(concepts.items(), key=lambda kv: category_sort_key(kv[0])))
     return BuildSummary(
         store=out,

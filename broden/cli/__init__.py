@@ -56,9 +56,7 @@ class OneLineErrors(TyperGroup):
         **extra: Any,
     ) -> Any:
         try:
-            code = super().main(
-                args, prog_name, complete_var, False, windows_expand_args, **extra
-            )
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         except CLICK_NO_ARGS as e:
             e.show()  # type: ignore[attr-defined]  # `broden` alone: the help, not an error
             code = 0

@@ -65,16 +65,37 @@ def segment_command(
         float | None,
         typer.Option(help="units with IoU above this (default: the run's IoU threshold)"),
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="the dissected model's spec, as given to broden dissect (required: the "
+            "spec in summary.json is never loaded; checked against its fingerprint)"
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="its state dict, as given to broden dissect")
+    ] = None,
     store: Annotated[Path | None, typer.Option(help="the store that IMAGE indexes into")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
 ) -> None:
     """Segment an image with a layer's detector units (each unit's mask in its own
-    color, labelled with its concept; higher-IoU units on top)."""
+    color, labelled with its concept; higher-IoU units on top), running the dissected
+    model named by --model (and --weights)."""
     from broden.dissect.experiments import ExperimentWarning, segment
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ExperimentWarning)
-        seg = segment(image, results, store=store, top=top, min_iou=min_iou, device=device, out=out)
+        seg = segment(
+            image,
+            results,
+            store=store,
+            top=top,
+            min_iou=min_iou,
+            model=model,
+            weights=weights,
+            device=device,
+            out=out,
+        )
     for w in caught:
         if issubclass(w.category, ExperimentWarning):
             typer.echo(f"warning: {w.message}", err=True)

@@ -1,10 +1,13 @@
 """Segmenting an image with a layer's detector units (TPAMI §3.10; NetDissect-Lite issue
-#9; ``broden segment``): :func:`segment` runs the recorded model on one image
-(:meth:`~broden.dissect.runner.ModelRunner.from_record`), thresholds each detector unit's
-upsampled map with the dissection's per-unit threshold, and paints the masks over the
-image with their concept labels (higher-IoU units on top).
+#9; ``broden segment``): :func:`segment` runs the dissected model, named by the caller and
+checked against the recorded fingerprint
+(:meth:`~broden.dissect.runner.ModelRunner.from_record`; the spec in ``summary.json`` is
+never imported or called), on one image, thresholds each detector unit's upsampled map
+with the dissection's per-unit threshold, and paints the masks over the image with their
+concept labels (higher-IoU units on top).
 
->>> segment("street.jpg", "out/layer4", out="street-layer4.png")      # doctest: +SKIP
+>>> segment("street.jpg", "out/layer4", model="dissect.zoo:resnet18", weights="r18.pth",
+...         out="street-layer4.png")                                  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from broden.dissect.errors import DissectError
 from broden.dissect.experiments.common import ExperimentWarning
 from broden.dissect.experiments.rotation import unit_transform_from_key
 from broden.dissect.results import layer_dirs
-from broden.dissect.summary import LayerSummary, ModelRecord
+from broden.dissect.summary import SUMMARY, LayerSummary, ModelRecord
 
 if TYPE_CHECKING:
     import torch
@@ -95,19 +98,39 @@ def _detector_units(directory: Path, min_iou: float, top: int | None) -> list[di
     try:
         with open(directory / "units.csv", newline="") as f:
             rows = list(csv.DictReader(f))
-    except OSError as e:
-        raise DissectError(f"{directory}: cannot read units.csv ({e})") from None
-    units = []
-    for r in rows:
+    except (OSError, ValueError, csv.Error) as e:  # ValueError: not UTF-8
+        raise DissectError(
+            f"{directory}: cannot read units.csv ({type(e).__name__}: {e})"
+        ) from None
+    units: list[dict[str, Any]] = []
+    for n, r in enumerate(rows, 2):
         try:
             iou = float(r["iou"])
             unit = int(r["unit"])
-        except (KeyError, ValueError):
-            raise DissectError(f"{directory}/units.csv: malformed row {r}") from None
-        if iou > min_iou and r.get("label"):
-            units.append({"unit": unit, "label": r["label"], "category": r["category"], "iou": iou})
+            label, category = str(r["label"] or ""), str(r["category"] or "")
+        except (KeyError, ValueError, TypeError):
+            raise DissectError(
+                f"{directory}/units.csv: line {n} is not a unit row (unit, label, category, "
+                "iou); re-run `broden dissect` for this layer"
+            ) from None
+        if iou > min_iou and label:
+            units.append({"unit": unit, "label": label, "category": category, "iou": iou})
     units.sort(key=lambda d: (-float(d["iou"]), int(d["unit"])))
     return units if top is None else units[:top]
+
+
+def _thresholds(directory: Path) -> np.ndarray:
+    path = directory / "thresholds.npy"
+    try:
+        thr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise DissectError(f"{directory}: cannot read thresholds.npy ({e})") from None
+    if not isinstance(thr, np.ndarray) or thr.ndim != 1 or thr.dtype.kind not in "fi":
+        raise DissectError(
+            f"{path}: not one threshold per unit (a 1-D array of numbers); re-run "
+            "`broden dissect` for this layer"
+        )
+    return thr
 
 
 def _load_image(
@@ -263,6 +286,7 @@ def segment(
     top: int | None = None,
     min_iou: float | None = None,
     model: str | nn.Module | None = None,
+    weights: str | os.PathLike[str] | None = None,
     device: str = "auto",
     out: str | os.PathLike[str] | None = None,
 ) -> Segmentation:
@@ -270,15 +294,18 @@ def segment(
 
     ``image`` is a file (any size; resized to the store's image size as the dissection's
     inputs were, bilinear with antialiasing, no crop), an H×W×3 uint8 array, or a store
-    image index (with ``store``). The model recorded in ``result_dir``'s summary (spec,
-    weights, normalisation, input size, layout; ``model`` overrides the spec, e.g. for
-    results of an in-memory module) is run and the layer captured; every detector unit
+    image index (with ``store``). ``model`` (a spec, as given to ``broden dissect``, or the
+    module) with ``weights`` is run and the layer captured, with the input prepared as
+    ``result_dir``'s summary records (normalisation, input size, layout); it must be the
+    dissected model (its fingerprint is checked), and it is required: the spec recorded in
+    ``summary.json`` is never imported or called. Every detector unit
     (best IoU > ``min_iou``, default the run's IoU threshold; the ``top`` best if given)
     has its map upsampled to the image's size with the engine's bilinear arithmetic and
     thresholded with its ``thresholds.npy`` value. Where masks overlap, the unit with
     the higher IoU is drawn on top. ``out``: also write the overlay PNG there.
 
-    >>> seg = segment("street.jpg", "out/layer4", out="street.png")  # doctest: +SKIP
+    >>> seg = segment("street.jpg", "out/layer4", model="dissect.zoo:resnet18",
+    ...               out="street.png")                               # doctest: +SKIP
     >>> seg.labels[:3], seg.masks.shape                               # doctest: +SKIP
     """
     import torch
@@ -302,17 +329,21 @@ def segment(
         raise DissectError(f"--top must be at least 1, got {top}")
     thr_iou = summary.settings.iou_threshold
     min_iou = thr_iou if min_iou is None else float(min_iou)
+    if model is None:
+        used = f" with --weights {rec.weights!r}" if rec.weights else ""
+        raise DissectError(
+            f"segmenting runs the dissected model on the image: name it with --model SPEC "
+            f"(and --weights FILE), as `broden dissect` was given it (recorded: {rec.spec!r}"
+            f"{used}; checked against the recorded fingerprint). The spec in {directory}/"
+            f"{SUMMARY} is not loaded: a results folder is data, never code"
+        )
     layer = summary.layer
-    try:
-        thresholds = np.load(directory / "thresholds.npy", allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DissectError(f"{directory}: cannot read thresholds.npy ({e})") from None
+    thresholds = _thresholds(directory)
     picked = _detector_units(directory, min_iou, top)
     transform = unit_transform_from_key(summary.settings.transform)
     original, resized = _load_image(image, store, summary)
 
-    hint = " (pass that model as segment(..., model=...))" if model is None else ""
-    runner = ModelRunner.from_record(rec, summary.settings, resolve_device(device), model, hint)
+    runner = ModelRunner.from_record(rec, summary.settings, resolve_device(device), model, weights)
     images = torch.from_numpy(np.array(resized[None])).to(runner.device)
     with torch.inference_mode(), runner.capture([layer], "the image") as forward:
         maps = apply_transform(transform, forward(images)[layer], layer)
@@ -323,6 +354,11 @@ def segment(
         )
     H, W = original.shape[:2]
     units = np.array([d["unit"] for d in picked], np.int64)
+    if len(units) and not (units.min() >= 0 and units.max() < len(thresholds)):
+        raise DissectError(
+            f"{directory}/units.csv names unit {int(units.max())} of a layer with "
+            f"{len(thresholds)} units; the folder mixes files of different runs"
+        )
     masks = np.zeros((len(units), H, W), bool)
     if len(units):
         sel = maps[0, torch.as_tensor(units, device=maps.device)]

@@ -23,17 +23,19 @@ strips are local files. Per layer it shows
   outside the unit's mask with its border outlined, and the same images with the
   pixels of the unit's concept instead (on hover, or for every row with a switch).
 
-Masks: only the top images are run through the model again, never the whole store.
-The model is loaded from the spec, weights and normalisation in ``summary.json``
-(:meth:`broden.dissect.runner.ModelRunner.from_record`; its fingerprint must match the
-recorded one), each unit's map is upsampled
-to the image size with the engine's bilinear rule (:func:`broden.dissect.tally.
-upsample_reference`, ``align_corners=False``) and compared with the unit's threshold
-(``thresholds.npy``) exactly as the tally compares (strictly above). For results of
-precomputed activations, the rows of the recorded activation file are read instead, if
-the file is still there and unchanged; otherwise, and for layers dissected through a
-unit transform the report is not given, the images are shown without unit masks and
-the page says why.
+Masks: a results folder is data, and the report runs nothing it names. Each layer's
+``topmaps.npy`` (written by ``broden dissect``: the maps of every unit's ``top_k`` best
+images exactly as the tally saw them, after any unit transform, in their dtype: float32
+for a model) is upsampled to the image size with the engine's bilinear rule
+(:func:`broden.dissect.tally.upsample_reference`, ``align_corners=False``) and compared
+with the unit's threshold (``thresholds.npy``) exactly as the tally compares (strictly
+above). For results of an
+earlier version without that file, the rows of the recorded activation file are read
+(if the file is still there and unchanged), or, for a model, the top images are run
+through the model the user names (``model=``, ``--model SPEC --weights FILE``; its
+fingerprint must match the recorded one; the spec in ``summary.json`` is never
+imported); otherwise the images are shown without unit masks and the page says how to
+get them.
 
 Display names drop Broden's ``-s`` (scene) and ``-c`` (color) suffixes, as the original
 report did; the full name stays in the page (tooltips, ``data-`` attributes).

@@ -1,6 +1,10 @@
-"""The unit maps of the images a report shows: only the top images are run through the
-model again (:class:`~broden.dissect.runner.ModelRunner`, from the recorded model), or read
-from the recorded activation file, never the whole store."""
+"""The unit maps of the images a report shows. A results folder is data: the maps come
+from what ``broden dissect`` wrote (:func:`saved_maps`: ``OUT/<layer>/topmaps.npy``, the
+maps of each unit's top images as the tally saw them). Results of an earlier broden,
+without that file, are drawn from the recorded activation file (:func:`activation_maps`)
+or by running only the top images through a model the user names, checked against the
+recorded fingerprint (:func:`model_maps`); the spec recorded in ``summary.json`` is never
+imported or called."""
 
 from __future__ import annotations
 
@@ -15,10 +19,14 @@ import numpy as np
 from broden.dissect.errors import DissectError
 from broden.dissect.report.read import LayerResults
 from broden.dissect.summary import ActivationsRecord, ModelRecord
+from broden.dissect.topimages import TOPMAPS
 from broden.dissect.transforms import UnitTransform, apply_transform
 
 if TYPE_CHECKING:
+    import os
+
     import torch
+    from torch import nn
 
     from broden.store import BrodenStore
 
@@ -85,15 +93,69 @@ def _alloc(job: ShownLayer, maps: torch.Tensor) -> None:
     job.maps = torch.zeros((U, k, maps.shape[2], maps.shape[3]), dtype=maps.dtype)
 
 
+@dataclass(frozen=True)
+class GivenModel:
+    """The model the user names for drawing masks of results without ``topmaps.npy``
+    (``--model``, ``--weights``): checked against the recorded fingerprint, never taken
+    from ``summary.json``."""
+
+    spec: str | nn.Module
+    weights: str | os.PathLike[str] | None = None
+
+
+def saved_maps(job: ShownLayer) -> int:
+    """The maps of ``topmaps.npy`` into ``job.maps`` (its first ``job.k`` per unit, fewer if
+    it holds fewer); return how many per unit it holds (0: no usable file, with a note
+    when the file is there but does not belong to these results)."""
+    import torch
+
+    path = job.layer.directory / TOPMAPS
+    if not path.is_file():
+        return 0
+    layer = job.layer
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        job.notes.append(f"{TOPMAPS} not used: it is not a readable array ({type(e).__name__})")
+        return 0
+    units, recorded = layer.top_indices.shape
+    want = (units, tuple(layer.summary.activation_shape))
+    if (
+        arr.ndim != 4
+        or arr.dtype.kind != "f"
+        or (arr.shape[0], arr.shape[2:]) != want
+        or not 0 < arr.shape[1] <= recorded
+    ):
+        job.notes.append(
+            f"{TOPMAPS} not used: it holds {arr.dtype} maps of shape {arr.shape}, not "
+            f"({units}, ≤ {recorded}, {want[1][0]}, {want[1][1]}) float maps of this layer"
+        )
+        return 0
+    k = min(job.k, arr.shape[1])
+    maps = np.array(arr[:, :k])
+    got = maps.reshape(units, k, -1).max(axis=2).astype(np.float64)
+    if not np.isfinite(maps).all() or not np.allclose(
+        got, layer.top_values[:, :k], rtol=1e-6, atol=0.0
+    ):
+        job.notes.append(
+            f"{TOPMAPS} not used: its maps are not those of the top images in topk.npz "
+            "(the folder mixes files of different runs)"
+        )
+        return 0
+    job.maps = torch.from_numpy(maps)
+    return int(arr.shape[1])
+
+
 def model_maps(
     jobs: list[ShownLayer],
     transforms: Mapping[str, UnitTransform],
+    given: GivenModel,
     device: str,
     batch_size: int,
 ) -> None:
-    """Run the shown images of ``jobs`` (one model, one store) through the model recorded in
-    their summaries (:meth:`ModelRunner.from_record`) and keep each shown (unit, image)
-    map."""
+    """Run the shown images of ``jobs`` (one model, one store) through the ``given`` model
+    (:meth:`ModelRunner.from_record`: it must have the recorded fingerprint) and keep each
+    shown (unit, image) map."""
     import torch
 
     from broden.dissect.data import resolve_device
@@ -102,17 +164,15 @@ def model_maps(
     first = jobs[0]
     record = first.layer.summary.model
     assert isinstance(record, ModelRecord)
-    if record.spec.startswith("module:"):
-        for j in jobs:
-            j.notes.append(
-                f"unit masks not drawn: the model ({record.spec}) was given as a Python "
-                "object, which the report cannot load again"
-            )
-        return
-    hint = "; pass --no-masks (masks=False) to write the report without unit masks"
+    hint = "; or pass --no-masks (masks=False) to write the report without unit masks"
     try:
         runner = ModelRunner.from_record(
-            record, first.layer.summary.settings, resolve_device(device), hint=hint
+            record,
+            first.layer.summary.settings,
+            resolve_device(device),
+            given.spec,
+            given.weights,
+            hint=hint,
         )
     except DissectError as e:
         raise DissectError(f"layer {first.layer.name}: {e}") from None

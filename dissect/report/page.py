@@ -29,11 +29,13 @@ from broden.dissect.report.images import (
     unit_masks,
 )
 from broden.dissect.report.maps import (
+    GivenModel,
     ShownLayer,
     activation_maps,
     check_maxima,
     model_maps,
     rerun_key,
+    saved_maps,
 )
 from broden.dissect.report.read import (
     UnitRow,
@@ -48,10 +50,13 @@ from broden.dissect.summary import (
     ConceptsRecord,
     ModelRecord,
 )
+from broden.dissect.topimages import TOPMAPS
 from broden.dissect.transforms import UnitTransform
 from broden.removal import REPORT_FILES, refusal, remove_ours
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from broden.store import BrodenStore
 
 
@@ -218,6 +223,53 @@ def _layer_context(
     }
 
 
+def _older_results(
+    job: ShownLayer,
+    saved: int,
+    given: GivenModel | None,
+    transforms: Mapping[str, UnitTransform],
+) -> bool:
+    """A layer whose ``topmaps.npy`` is missing or holds fewer than ``job.k`` maps per unit
+    (``saved``): True when the ``given`` model is to be re-run for it; otherwise its maps
+    come from the activation file, or it is shown with the saved maps or without masks,
+    with a note saying why and how to get them."""
+    rec = job.layer.summary.model
+    transform = job.layer.summary.settings.transform
+    if isinstance(rec, ActivationsRecord) and not saved:
+        job.maps = None
+        activation_maps(job, transforms)
+        return False
+    if isinstance(rec, ModelRecord) and given is not None:
+        if transform and job.layer.name not in transforms:
+            job.maps = None
+            job.notes.append(
+                f"unit masks not drawn: the layer was dissected through the unit transform "
+                f"{transform!r}, which the report was not given for re-running the model"
+            )
+            return False
+        job.maps = None
+        return True
+    how = (
+        "pass --model SPEC (and --weights FILE) naming the dissected model, which is checked "
+        "against the recorded fingerprint, or run `broden dissect` again with --force"
+        if isinstance(rec, ModelRecord)
+        else "run `broden dissect` again with --force"
+    )
+    if saved:
+        job.notes.append(
+            f"{TOPMAPS} holds the maps of {saved} top images per unit (`broden dissect "
+            f"--top-k {saved}`); showing {saved}, not {job.k}: to draw more, {how}"
+        )
+        job.k = saved
+    else:
+        there = (job.layer.directory / TOPMAPS).is_file()
+        why = "cannot be used" if there else "is missing (results of an earlier broden)"
+        job.notes.append(
+            f"unit masks not drawn: {job.layer.directory.name}/{TOPMAPS} {why}; to draw them, {how}"
+        )
+    return False
+
+
 def _concept_set(c: ConceptsRecord) -> str:
     """The concept selection of a run, as the report's settings table shows it."""
     fp = f" (set {c.fingerprint})" if c.fingerprint else ""
@@ -236,6 +288,8 @@ def write_report(
     tile_size: int = 112,
     progress: bool = False,
     layers: Sequence[str] | None = None,
+    model: str | nn.Module | None = None,
+    weights: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write ``out_dir/report.html`` (and ``out_dir/report_files/``) for every layer in the
     results folder ``out_dir`` (or the layer folders named in ``layers``); return the page's
@@ -244,10 +298,16 @@ def write_report(
     ``store``: the dissected store (default: the path recorded in each layer's
     summary.json; its fingerprint must match). ``top_k``: top images per unit (at most
     the number recorded in topk.npz). ``masks=False``: show the top images without unit
-    masks (and without running the model). ``transforms``: layer → the unit transform
-    the layer was dissected through (e.g. a rotation), re-applied to the recomputed
-    activations; a transformed layer without one is shown without unit masks.
-    ``tile_size``: pixels per image in the strips (at most the store's image size).
+    masks. The masks are drawn from each layer's ``topmaps.npy`` (the maps the dissection
+    saw); nothing named in the results folder is imported or run. ``model`` (a spec or a
+    module) and ``weights``: for results without ``topmaps.npy`` (an earlier broden) or
+    with fewer maps per unit than ``top_k``, the model to run the top images through,
+    refused unless it has the recorded fingerprint; without it those layers are shown
+    without masks (or with fewer images), and the page says how to get them.
+    ``transforms``: layer → the unit transform the layer was dissected through (e.g. a
+    rotation), re-applied to the recomputed activations of such a re-run; a transformed
+    layer without one is shown without unit masks. ``tile_size``: pixels per image in the
+    strips (at most the store's image size).
     """
     import torch
 
@@ -291,23 +351,22 @@ def write_report(
             )
         jobs.append(job)
 
-    # unit maps of the shown images: one re-run per (model, store), or the activation file
+    # unit maps of the shown images: topmaps.npy; for older results the activation file
+    # or one re-run per (model, store) of the model the user named
+    given = None if model is None else GivenModel(model, weights)
     groups: dict[str, list[ShownLayer]] = {}
     for j in jobs:
-        transform = j.layer.summary.settings.transform
         if not masks:
             j.notes.append("unit masks not drawn (masks turned off)")
-        elif transform and j.layer.name not in transforms:
-            j.notes.append(
-                f"unit masks not drawn: the layer was dissected through the unit transform "
-                f"{transform!r}, which the report was not given"
-            )
-        elif isinstance(j.layer.summary.model, ActivationsRecord):
-            activation_maps(j, transforms)
-        else:
+            continue
+        saved = saved_maps(j)
+        if saved >= j.k:
+            continue
+        if _older_results(j, saved, given, transforms):
             groups.setdefault(rerun_key(j), []).append(j)
     for group in groups.values():
-        model_maps(group, transforms, device, batch_size)
+        assert given is not None
+        model_maps(group, transforms, given, device, batch_size)
     for j in jobs:
         check_maxima(j)
 
