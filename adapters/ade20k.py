@@ -67,6 +67,7 @@ from broden.adapters.base import (
     SourceSample,
 )
 from broden.adapters.decode import load_mat, read_image, read_png_rgb, require_same_size
+from broden.adapters.files import file_text
 from broden.adapters.manifest import file_sha256, load_manifest
 
 
@@ -193,13 +194,14 @@ class ADE20K(Adapter):
     def _read_json(jpg: Path) -> tuple[dict[str, Any] | None, str | None]:
         path = jpg.with_suffix(".json")
         try:
-            with open(path, encoding="utf-8") as f:
-                ann = json.load(f)["annotation"]
+            ann = json.loads(file_text(path))["annotation"]
             for obj in ann["object"]:
                 int(obj["name_ndx"]), str(obj["name"])
                 obj["parts"]["part_level"]
         except FileNotFoundError:
             return None, f"{path}: annotation file is missing"
+        except OSError as e:
+            return None, f"{path}: cannot read ({e.strerror})"
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             return None, f"{path}: not valid JSON ({e})"
         except (KeyError, TypeError, ValueError) as e:

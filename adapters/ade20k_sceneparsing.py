@@ -36,6 +36,7 @@ from pydantic import Field, field_validator
 
 from broden.adapters.base import Adapter, RootOptions, SampleError, SourceError, SourceSample
 from broden.adapters.decode import read_image, read_png, require_same_size
+from broden.adapters.files import file_text
 from broden.adapters.manifest import load_manifest
 
 Split = Literal["training", "validation"]
@@ -86,7 +87,7 @@ def read_object_info(root: Path) -> dict[int, list[str]]:
             "ADEChallengeData2016.zip and in the CSAILVision/sceneparsing devkit"
         )
     try:
-        text = txt.read_text(encoding="utf-8")
+        text = file_text(txt)
     except (OSError, UnicodeDecodeError) as e:
         raise SourceError(f"ADE20K SceneParsing: cannot read {txt} ({e})") from None
     rows = list(csv.reader(io.StringIO(text), delimiter="\t"))
@@ -120,7 +121,7 @@ def read_object_info(root: Path) -> dict[int, list[str]]:
 def read_scene_categories(path: Path) -> dict[str, str]:
     """Image stem → scene from ``sceneCategories.txt``."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = file_text(path)
     except FileNotFoundError:
         raise SourceError(
             f"ADE20K SceneParsing: {path} is missing (the scene labels); leave `scene` out of "

@@ -149,6 +149,12 @@ class Adapter(abc.ABC):
         """How an error about unknown categories introduces the supplied ones."""
         return "it supplies"
 
+    def roots(self) -> list[Path]:
+        """The folders and files the config gives this source (its path options): every
+        file it reads must lie inside one (:mod:`broden.adapters.files`)."""
+        found = [getattr(self.options, n) for n in type(self.options).model_fields]
+        return [p for p in found if isinstance(p, Path)]
+
     @classmethod
     def from_config(
         cls, options: dict[str, Any], categories: Sequence[str] | None = None

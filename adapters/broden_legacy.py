@@ -65,6 +65,7 @@ from broden.adapters.base import (
 )
 from broden.adapters.categories import Kind
 from broden.adapters.decode import read_image, read_png_rgb
+from broden.adapters.files import open_text
 
 #: The categories of the broden1 releases, in their ``category.csv`` order, with kinds.
 BRODEN1_KINDS: dict[str, Kind] = {
@@ -132,7 +133,7 @@ def _csv_rows(path: Path, fields: Sequence[str]) -> tuple[list[str], list[tuple[
     """(header, [(line number, row)]) of a CSV whose header must start with ``fields``;
     every row must have the header's number of fields (blank lines are skipped)."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open_text(path) as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None:

@@ -84,7 +84,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -92,8 +92,15 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from broden.adapters.base import Adapter, AdapterOptions, SourceSample
 from broden.adapters.categories import Kind, category_sort_key
+from broden.adapters.coco_geometry import (
+    SegKind,
+    check_runs,
+    compact_segmentation,
+    rle_string_counts,
+)
 from broden.adapters.decode import read_image, read_png_rgb, require_same_size
 from broden.adapters.errors import SampleError, SourceError
+from broden.adapters.files import file_bytes
 from broden.adapters.layers import paint_layers
 
 #: what a Broden category name may look like (it names the store's ``pixel/<category>``)
@@ -153,8 +160,6 @@ class COCOOptions(AdapterOptions):
 
 # -- the index -----------------------------------------------------------------------------
 
-SegKind = Literal["polygons", "rle", "string"]
-
 
 @dataclass(frozen=True)
 class _Ann:
@@ -187,6 +192,20 @@ class _Index:
     info: dict[str, Any]
 
 
+def _image_of(image_id: Any, by_id: dict[int, _Image]) -> _Image | None:
+    """The image an annotation's ``image_id`` names (None: not an id of `images`)."""
+    if not isinstance(image_id, int) or isinstance(image_id, bool):
+        return None
+    return by_id.get(image_id)
+
+
+def _shown(value: Any) -> str:
+    """A value from the json for a message: short, on one line."""
+    text = value if isinstance(value, str) else repr(value)
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
 def _fail_image(img: _Image, message: str) -> None:
     if img.error is None:  # the first problem is the one reported
         img.error = message
@@ -204,84 +223,6 @@ def category_names(cat: dict[str, Any]) -> list[str]:
     names = [_SUFFIXES.sub("", raw) or raw]
     names += [clean_name(str(s)) for s in cat.get("synonyms") or []]
     return list(dict.fromkeys(n for n in names if n))
-
-
-def rle_string_counts(counts: bytes) -> np.ndarray:
-    """Run lengths of a compressed COCO RLE string (the inverse of pycocotools' encoding).
-
-    pycocotools decodes a string whose runs fall short of H·W without complaint and
-    leaves the rest of the mask uninitialised; checking the sum here prevents that.
-    Raises ValueError for characters outside the alphabet or a truncated value.
-    """
-    c = np.frombuffer(counts, np.uint8).astype(np.int64) - 48
-    if c.size == 0:
-        return np.zeros(0, np.int64)
-    if c.min() < 0 or c.max() > 63:
-        raise ValueError("characters outside the RLE alphabet")
-    more = (c & 0x20) != 0
-    if more[-1]:
-        raise ValueError("the string ends inside a run length")
-    ends = np.flatnonzero(~more)
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    lengths = ends - starts + 1
-    if lengths.max() > 11:
-        raise ValueError("a run length longer than 55 bits")
-    k = np.arange(c.size) - np.repeat(starts, lengths)
-    x = np.add.reduceat((c & 0x1F) << (5 * k), starts)
-    negative = (c[ends] & 0x10) != 0
-    x = np.where(negative, x - (np.int64(1) << (5 * lengths)), x)
-    # from the third value on, each is a difference to the value two places before
-    x[2::2] = np.cumsum(x[2::2])
-    x[1::2] = np.cumsum(x[1::2])
-    return x
-
-
-def _compact_segmentation(seg: Any) -> tuple[SegKind, Any, tuple[int, int] | None] | None:
-    """The segmentation in compact form; None when it has no pixels (empty list).
-
-    Raises ValueError (with the reason) for a shape pycocotools would misread."""
-    if seg is None or (isinstance(seg, list) and not seg):
-        return None
-    if isinstance(seg, list):
-        polys = []
-        for poly in seg:
-            try:
-                coords = np.asarray(poly, np.float64) if isinstance(poly, list) else None
-            except (TypeError, ValueError):
-                coords = None
-            if coords is None or coords.ndim != 1 or not np.isfinite(coords).all():
-                raise ValueError("a polygon is not a flat list of numbers [x1, y1, x2, y2, ...]")
-            if coords.size % 2:
-                raise ValueError(f"a polygon has an odd number of coordinates ({coords.size})")
-            if coords.size >= 6:  # fewer than 3 points enclose no pixel
-                polys.append(coords)
-        return ("polygons", tuple(polys), None) if polys else None
-    if isinstance(seg, dict) and "counts" in seg and "size" in seg:
-        size = seg["size"]
-        if (
-            not isinstance(size, list | tuple)
-            or len(size) != 2
-            or not all(isinstance(v, int) and v > 0 for v in size)
-        ):
-            raise ValueError(f"RLE size {size!r} is not [height, width]")
-        hw = (int(size[0]), int(size[1]))
-        counts = seg["counts"]
-        if isinstance(counts, list):
-            if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
-                raise ValueError("uncompressed RLE counts are not all integers")
-            arr = np.asarray(counts, np.int64)
-            if arr.size and arr.min() < 0:
-                raise ValueError("negative RLE run length")
-            return "rle", arr.astype(np.uint32), hw
-        if isinstance(counts, str | bytes):
-            if isinstance(counts, bytes):
-                return "string", counts, hw
-            try:
-                return "string", counts.encode("ascii"), hw
-            except UnicodeEncodeError:
-                raise ValueError("the RLE counts string is not ASCII") from None
-        raise ValueError(f"RLE counts of type {type(counts).__name__}")
-    raise ValueError(f"unsupported segmentation of type {type(seg).__name__}")
 
 
 # -- the adapter ---------------------------------------------------------------------------
@@ -322,7 +263,7 @@ class COCO(Adapter):
     def _read_json(self) -> dict[str, Any]:
         path = self.options.annotations
         try:
-            raw = path.read_bytes()
+            raw = file_bytes(path)
         except FileNotFoundError:
             raise SourceError(f"COCO: annotation file {path} does not exist") from None
         except IsADirectoryError:
@@ -455,20 +396,20 @@ class COCO(Adapter):
         for n, ann in enumerate(anns):
             if not isinstance(ann, dict) or "image_id" not in ann:
                 raise SourceError(f"COCO: {path}: annotations[{n}] has no `image_id`")
-            img = by_id.get(ann["image_id"])
+            img = _image_of(ann["image_id"], by_id)
             if img is None:
                 orphans.append(ann["image_id"])
                 continue
-            aid = ann.get("id", f"#{n}")
+            aid = _shown(ann.get("id", f"#{n}"))
             where = f"{path}: annotation {aid} of image {img.id} ({img.file})"
             cid = ann.get("category_id")
             if not isinstance(cid, int) or cid not in categories:
-                _fail_image(img, f"{where}: category_id {cid!r} is not in `categories`")
+                _fail_image(img, f"{where}: category_id {_shown(cid)} is not in `categories`")
                 continue
             if cid in excluded or (ann.get("iscrowd") and not self.options.include_crowd):
                 continue
             try:
-                seg = _compact_segmentation(ann.get("segmentation"))
+                seg = compact_segmentation(ann.get("segmentation"), img.height, img.width)
             except ValueError as e:
                 _fail_image(img, f"{where}: {e}")
                 continue
@@ -494,7 +435,7 @@ class COCO(Adapter):
                     f"COCO: {path}: panoptic annotations[{n}] lacks `image_id`, `file_name` "
                     "or `segments_info`"
                 )
-            img = by_id.get(ann["image_id"])
+            img = _image_of(ann["image_id"], by_id)
             if img is None:
                 orphans.append(ann["image_id"])
                 continue
@@ -503,12 +444,16 @@ class COCO(Adapter):
             img.png = ann["file_name"]
             where = f"{path}: panoptic annotation of image {img.id} ({ann['file_name']})"
             for seg in ann["segments_info"]:
+                if not isinstance(seg, dict):
+                    _fail_image(img, f"{where}: a segments_info entry is not an object")
+                    continue
                 sid, cid = seg.get("id"), seg.get("category_id")
                 if not isinstance(sid, int) or sid <= 0:
-                    _fail_image(img, f"{where}: segment id {sid!r} is not a positive integer")
+                    _fail_image(img, f"{where}: segment id {_shown(sid)} is not a positive integer")
                 elif not isinstance(cid, int) or cid not in categories:
+                    bad = _shown(cid)
                     _fail_image(
-                        img, f"{where}: segment {sid}: category_id {cid!r} is not in `categories`"
+                        img, f"{where}: segment {sid}: category_id {bad} is not in `categories`"
                     )
                 elif sid in img.segments:
                     _fail_image(img, f"{where}: segment id {sid} is listed twice")
@@ -520,7 +465,7 @@ class COCO(Adapter):
 
     def _raise_orphans(self, orphans: list[Any]) -> None:
         if orphans:
-            shown = ", ".join(str(i) for i in list(dict.fromkeys(orphans))[:5])
+            shown = ", ".join(list(dict.fromkeys(_shown(i) for i in orphans))[:5])
             raise SourceError(
                 f"COCO: {self.options.annotations}: {len(orphans)} annotations refer to image ids "
                 f"not in `images` (e.g. {shown})"
@@ -601,17 +546,17 @@ class COCO(Adapter):
                 f"{w}×{h} (W×H)"
             )
         if ann.kind == "rle":
-            total = int(ann.data.sum(dtype=np.int64))
-            if total != h * w:
-                raise SampleError(f"{where}: RLE run lengths add up to {total}, not {h}×{w}")
+            wrong = check_runs(ann.data.astype(np.int64), h, w)
+            if wrong:
+                raise SampleError(f"{where}: {wrong}")
             return mask_utils.frPyObjects({"counts": ann.data.tolist(), "size": [h, w]}, h, w)
         try:
             runs = rle_string_counts(ann.data)
         except ValueError as e:
             raise SampleError(f"{where}: corrupt RLE string ({e})") from None
-        total = int(runs.sum())
-        if (runs.size and runs.min() < 0) or total != h * w:
-            raise SampleError(f"{where}: RLE run lengths add up to {total}, not {h}×{w}")
+        wrong = check_runs(runs, h, w)
+        if wrong:
+            raise SampleError(f"{where}: {wrong}")
         return {"counts": ann.data, "size": [h, w]}
 
     def _instance_maps(self, img: _Image, shape: tuple[int, int]) -> dict[str, np.ndarray]:

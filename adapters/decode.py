@@ -1,5 +1,12 @@
 """Decoding source files into arrays, with errors that name the file and the problem.
 
+Every file is opened through :func:`~broden.adapters.files.read_regular` (regular files
+inside the source's folders only), and every image's width and height are read from its
+header (Pillow's lazy open: no pixel data) and checked against the pixel limit in force
+(:class:`~broden.adapters.files.ReadLimits`, ``max_image_pixels``) before either decoder
+allocates anything. A file whose header Pillow cannot read is refused: its size cannot be
+checked before decoding.
+
 OpenCV decodes fastest but silently returns a half-grey picture for a truncated
 JPEG, so :func:`read_image` first checks the JPEG end-of-image marker and asks
 Pillow, which raises on truncation, whenever the marker is absent. EXIF
@@ -8,6 +15,7 @@ orientation is ignored: annotations are drawn on the stored pixel grid.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +23,46 @@ import cv2
 import numpy as np
 
 from broden.adapters.base import SampleError
+from broden.adapters.files import check_regular, current_limits, read_regular
 
 _COLOR_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 
 
 def _read_bytes(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise SampleError(f"{path}: file is missing") from None
-    except OSError as e:
-        raise SampleError(f"{path}: cannot read ({e.strerror})") from None
+    data = read_regular(path)
     if not data:
         raise SampleError(f"{path}: file is empty")
     return data
+
+
+def check_pixels(path: Path, data: bytes) -> tuple[int, int]:
+    """The image's (width, height) from its header, before any pixel is decoded;
+    :class:`SampleError` if it has more pixels than the limit in force, or if its header
+    cannot be read."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    limit = current_limits().max_image_pixels
+    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit  # Pillow's own check must not refuse below ours
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+    except Image.DecompressionBombError as e:
+        raise SampleError(f"{path}: over the pixel limit of {limit:,} ({e}); skipped") from None
+    except UnidentifiedImageError:
+        raise SampleError(f"{path}: not an image file") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise SampleError(f"{path}: truncated or corrupt image header ({e})") from None
+    if w * h > limit:
+        raise SampleError(
+            f"{path}: {w}×{h} = {w * h:,} pixels, over the limit of {limit:,} "
+            "(max_image_pixels); not decoded"
+        )
+    return w, h
 
 
 def _jpeg_is_complete(data: bytes) -> bool:
@@ -37,11 +71,11 @@ def _jpeg_is_complete(data: bytes) -> bool:
     return data.rstrip(b"\x00\r\n ")[-2:] == b"\xff\xd9"
 
 
-def _pillow_rgb(path: Path) -> np.ndarray:
+def _pillow_rgb(path: Path, data: bytes) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
             return np.asarray(im.convert("RGB"))
     except UnidentifiedImageError:
@@ -53,11 +87,12 @@ def _pillow_rgb(path: Path) -> np.ndarray:
 def read_image(path: Path) -> np.ndarray:
     """Read a photo as H×W×3 uint8 RGB (grey and CMYK images converted)."""
     data = _read_bytes(path)
+    check_pixels(path, data)
     if data[:2] == b"\xff\xd8" and not _jpeg_is_complete(data):
-        return _pillow_rgb(path)  # decides: raises on truncation, else decodes
+        return _pillow_rgb(path, data)  # decides: raises on truncation, else decodes
     im = cv2.imdecode(np.frombuffer(data, np.uint8), _COLOR_FLAGS)
     if im is None:
-        return _pillow_rgb(path)  # formats OpenCV lacks; raises with Pillow's reason
+        return _pillow_rgb(path, data)  # formats OpenCV lacks; raises with Pillow's reason
     return cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
 
 
@@ -69,11 +104,12 @@ def read_png(path: Path) -> np.ndarray:
     data = _read_bytes(path)
     if data[:8] != b"\x89PNG\r\n\x1a\n":
         raise SampleError(f"{path}: not a PNG file")
+    check_pixels(path, data)
     if _png_color_type(data) == 3:  # palette: the indices are the labels
         from PIL import Image
 
         try:
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data)) as im:
                 im.load()
                 return np.asarray(im)
         except (OSError, SyntaxError, ValueError) as e:
@@ -118,8 +154,7 @@ def load_mat(path: Path, **kwargs: Any) -> dict[str, Any]:
     """Load a MATLAB .mat file (v5/v7); v7.3 (HDF5) files get a clear error."""
     import scipy.io
 
-    if not path.exists():
-        raise SampleError(f"{path}: file is missing")
+    check_regular(path)
     try:
         return scipy.io.loadmat(path, **kwargs)
     except NotImplementedError:

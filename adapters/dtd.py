@@ -19,6 +19,7 @@ from functools import cached_property
 
 from broden.adapters.base import Adapter, RootOptions, SampleError, SourceError, SourceSample
 from broden.adapters.decode import read_image
+from broden.adapters.files import file_text
 
 
 class DTD(Adapter):
@@ -33,11 +34,13 @@ class DTD(Adapter):
     def _entries(self) -> list[tuple[str, list[str]]]:
         path = self.options.root / "labels" / "labels_joint_anno.txt"
         try:
-            text = path.read_text(encoding="utf-8")
+            text = file_text(path)
         except FileNotFoundError:
             raise SourceError(f"DTD: {path} is missing") from None
         except UnicodeDecodeError as e:
             raise SourceError(f"DTD: {path} is not UTF-8 text ({e})") from None
+        except OSError as e:
+            raise SourceError(f"DTD: cannot read {path} ({e.strerror})") from None
         entries: list[tuple[str, list[str]]] = []
         seen: set[str] = set()
         for lineno, line in enumerate(text.splitlines(), 1):

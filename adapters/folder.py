@@ -111,6 +111,7 @@ from broden.adapters.base import (
 )
 from broden.adapters.categories import Kind, category_sort_key
 from broden.adapters.decode import read_image, read_png, require_same_size
+from broden.adapters.files import open_text
 from broden.adapters.layers import paint_layers
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -149,7 +150,7 @@ class _ImageRow:
 def _read_csv(path: Path, required: tuple[str, ...], allowed: tuple[str, ...]) -> list[dict]:
     """Rows of a CSV with a header (dicts), after checking the header's columns."""
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
+        with open_text(path, "utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = [h.strip() for h in reader.fieldnames or []]
             rows = [{(k or "").strip(): v for k, v in row.items()} for row in reader]

@@ -53,6 +53,7 @@ from broden.adapters.base import (
     SourceSample,
 )
 from broden.adapters.decode import read_image, read_png_rgb
+from broden.adapters.files import open_text
 from broden.adapters.manifest import load_manifest
 
 TITLE = "OpenSurfaces"
@@ -74,7 +75,7 @@ def normalize_scene(name: str) -> str | None:
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open_text(path) as f:
             reader = csv.DictReader(f)
             missing = [c for c in columns if c not in (reader.fieldnames or ())]
             if missing:

@@ -75,6 +75,7 @@ from broden.adapters.base import (
     SourceSample,
 )
 from broden.adapters.decode import load_mat, read_image, require_same_size
+from broden.adapters.files import file_text, open_text
 from broden.adapters.manifest import load_manifest
 
 #: The 20 PASCAL VOC classes in the standard order (``class_ind`` 1..20).
@@ -235,7 +236,7 @@ def parse_part2ind(text: str, origin: str = "part2ind.m") -> list[PartCode]:
 def read_part_table_csv(path: Path) -> list[PartCode]:
     """Read a part table CSV (``class_index,class,part_code,part_index,description``)."""
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open_text(path) as f:
             reader = csv.DictReader(f)
             need = {"class_index", "part_code", "part_index", "description"}
             missing = need - set(reader.fieldnames or ())
@@ -290,7 +291,7 @@ def readable_part_name(code: str, description: str) -> str:
 def read_context_labels(path: Path) -> dict[int, str]:
     """Pascal-Context ``labels.txt``: ``N: name`` lines → {N: name}."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = file_text(path)
     except FileNotFoundError:
         raise SourceError(f"Pascal-Context: {path} is missing") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -424,7 +425,7 @@ class Pascal(Adapter):
             m_file = opts.parts / "part2ind.m"
             if m_file.exists():
                 try:
-                    text = m_file.read_text(encoding="utf-8", errors="strict")
+                    text = file_text(m_file)
                 except (OSError, UnicodeDecodeError) as e:
                     raise SourceError(f"Pascal-Part: cannot read {m_file} ({e})") from None
                 table = parse_part2ind(text, str(m_file))

@@ -32,6 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from broden.adapters import Adapter, SourceError, get_adapter_class
+from broden.adapters.files import DEFAULT_MAX_IMAGE_PIXELS, ReadLimits
 from broden.errors import ConfigError
 from broden.yaml_loader import describe, safe_load
 
@@ -95,7 +96,31 @@ class BuildConfig(BaseModel):
     task_size: int = Field(
         32, ge=1, description="samples per parallel build task (the unit of resumption)"
     )
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_IMAGE_PIXELS,
+        ge=1,
+        description="skip (listed) an image whose header says it has more pixels, before "
+        "decoding it (default: Pillow's decompression-bomb limit)",
+    )
+    allow_outside_links: bool = Field(
+        False,
+        description="read files that resolve (through symbolic links or `..` in annotation "
+        "paths) outside the source's configured folders",
+    )
     sources: list[SourceConfig] = Field(min_length=1)
+
+    def read_limits(self, roots: list[Path]) -> ReadLimits:
+        """What a source with these folders may read (:mod:`broden.adapters.files`)."""
+        return ReadLimits.for_roots(roots, self.max_image_pixels, self.allow_outside_links)
+
+    def fingerprint_doc(self) -> dict[str, Any]:
+        """The config as the plan's fingerprint reads it: the read limits only when they
+        are not the defaults (a store built before they existed stays up to date)."""
+        doc = self.model_dump(mode="json")
+        for key in ("max_image_pixels", "allow_outside_links"):
+            if doc[key] == type(self).model_fields[key].default:
+                del doc[key]
+        return doc
 
     @property
     def label_size(self) -> int:

@@ -40,7 +40,7 @@ import zarr
 from broden.adapters import Adapter
 from broden.adapters.categories import category_sort_key
 from broden.build.layout import Layout, assemble_rows, collect_stats, make_layout, names_lookup
-from broden.build.phases import fail_on_skips, prepare_all, running, write_shards
+from broden.build.phases import fail_on_skips, forget_unwritten, prepare_all, running, write_shards
 from broden.build.plan import Plan, make_plan
 from broden.build.staging import atomic_write_json, start_staging, worker, written_path
 from broden.build.summary import BuildSummary, package_version, source_infos, summary_from_attrs
@@ -249,6 +249,7 @@ def _add(
         # shards of old rows only are rewritten when an array gained layers
         first = 0 if job.migrated else job.n_old // job.shard
         shards = list(range(first, -(-job.n_total // job.shard)))
+        forget_unwritten(out, staging, shards)
         write_shards(runner, run_add_write_task, shards, job, staging, progress)
 
     seconds = time.perf_counter() - t0

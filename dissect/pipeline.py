@@ -46,7 +46,7 @@ from broden.dissect.errors import DissectError
 from broden.dissect.layerjob import LayerJob
 from broden.dissect.models import load_model, parse_normalize
 from broden.dissect.passes import Batches, Run, device_errors
-from broden.dissect.results import DissectionResult, layer_dir
+from broden.dissect.results import DissectionResult, check_out, layer_dir
 from broden.dissect.runner import Forward, InputPrep, Maps, ModelRunner
 from broden.dissect.settings import DissectSettings
 from broden.dissect.thresholds import load_thresholds
@@ -150,6 +150,7 @@ def dissect(
     >>> print(res["layer4"].headline())                                # doctest: +SKIP
     """
     t_start = time.perf_counter()
+    check_out(out)
     opts = settings or DissectSettings()
     layers = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
     if not layers:
@@ -313,6 +314,7 @@ def score_activations(
     >>> r = score_activations("broden.zarr", "conv5.npy", out="results")  # doctest: +SKIP
     """
     t_start = time.perf_counter()
+    check_out(out)
     opts = settings or DissectSettings()
     if opts.amp:
         raise DissectError("--amp applies to a model's forward pass, not to --activations")

@@ -34,6 +34,9 @@ from broden.dissect.errors import DissectError
 
 #: the file name of a layer's summary
 SUMMARY = "summary.json"
+#: a layer's file of the maps of each unit's ``top_k`` best images: (units, k, h, w), the
+#: dtype of the dissected maps (float32 for a model), best first as in ``topk.npz``
+TOPMAPS = "topmaps.npy"
 
 
 #: larger is not a summary (read whole, so a tampered one must not fill the memory)

@@ -15,9 +15,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-#: a layer's file of the maps of each unit's ``top_k`` best images: (units, k, h, w), the
-#: dtype of the dissected maps (float32 for a model), best first as in ``topk.npz``
-TOPMAPS = "topmaps.npy"
+from broden.dissect.summary import TOPMAPS
+
+__all__ = ["TOPMAPS", "TopImages", "rank_images", "rank_order"]
 
 
 class TopImages:

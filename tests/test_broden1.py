@@ -127,6 +127,8 @@ def broden1(tmp_path_factory: pytest.TempPathFactory) -> BrodenStore:
     finally:
         del os.environ["BRODEN_DATA"]
     out = tmp_path_factory.mktemp("broden1") / "broden1.zarr"
+    # the replicated ADE20K images are links to the fixture, outside the source's folder
+    cfg = cfg.model_copy(update={"allow_outside_links": True})
     build(cfg, out, workers=2, progress=False)
     return open_store(out)
 

@@ -184,9 +184,12 @@ def test_added_pixels_are_the_union_of_the_annotations(extended: Path, tmp_path:
         assert ((got == ids["pillow"]).any(0) & (got == ids["bed"]).any(0)).any()
 
 
+@pytest.mark.parametrize("damaged", [False, True])
 def test_an_interrupted_add_resumes_to_the_same_store(
-    base: Path, extended: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    damaged: bool, base: Path, extended: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Also when the shard recorded as written has since lost its file (``damaged``): the
+    resumed add writes it again rather than trusting the record."""
     import broden.extend as extend
 
     out = tmp_path / "resumed.zarr"
@@ -206,6 +209,11 @@ def test_an_interrupted_add_resumes_to_the_same_store(
         add(out, cfg, progress=False)
     with pytest.raises(StoreError, match="incomplete"):
         open_store(out)
+    if damaged:
+        records = sorted((out.parent / "resumed.zarr.add" / "written").glob("*.json"))
+        assert len(records) == 1
+        name = sorted(json.loads(records[0].read_text()))[0]  # an array it rewrote
+        shutil.rmtree(out / name / "c" / str(int(records[0].stem)))
     with pytest.raises(BuildError, match="incomplete"):
         build(load_config(SAMPLES / "broden-sample.yaml"), out, progress=False)
     monkeypatch.setattr(extend, "run_add_write_task", real)

@@ -38,7 +38,14 @@ from pathlib import Path
 
 from broden.adapters import Adapter
 from broden.build.layout import Layout, unify_plan
-from broden.build.phases import fail_on_skips, prepare_all, run_write_task, running, write_shards
+from broden.build.phases import (
+    fail_on_skips,
+    forget_unwritten,
+    prepare_all,
+    run_write_task,
+    running,
+    write_shards,
+)
 from broden.build.plan import Plan, make_plan, split_of
 from broden.build.prepare import prepare_sample
 from broden.build.staging import staging_path, start_staging, written_path
@@ -181,7 +188,7 @@ def _run(
         attrs = store_attrs(plan, layout, report, complete=False)
         _prepare_store(out, attrs, unified)
         shards = list(range(n_shards(layout.n, layout.shard)))
-        _forget_unwritten(out, staging, shards)
+        forget_unwritten(out, staging, shards)
         write_shards(runner, run_write_task, shards, layout, staging, progress)
 
     report.seconds = time.perf_counter() - t0
@@ -206,22 +213,6 @@ def _prepare_store(out: Path, attrs: StoreAttrs, unified: Unified) -> None:
     if existing is not None and existing.build_fingerprint != attrs.build_fingerprint:
         remove_ours(out, STORE)
     StoreWriter.begin(out, attrs, unified.concepts)
-
-
-def _forget_unwritten(out: Path, staging: Path, shards: list[int]) -> None:
-    """A resumed build trusts a shard recorded as written only if the store holds it (it
-    reads back with the recorded digests); any other is written again."""
-    writer = StoreWriter(out)
-    for j in shards:
-        path = written_path(staging, j)
-        if not path.exists():
-            continue
-        try:
-            recorded = json.loads(path.read_text())
-        except (OSError, ValueError):
-            recorded = None
-        if not isinstance(recorded, dict) or not writer.shard_holds(j, recorded):
-            path.unlink()
 
 
 def _finalize(out: Path, staging: Path, attrs: StoreAttrs, layout: Layout) -> None:

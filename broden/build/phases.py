@@ -3,6 +3,7 @@ task not yet done, write every shard not yet written, with a progress bar each."
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,3 +98,19 @@ def run_write_task(shard: int, layout: Layout) -> dict[str, str]:
     digests = StoreWriter(worker().store).write_shard(shard, assemble_rows(layout, start, stop))
     atomic_write_json(written_path(worker().staging, shard), digests)
     return digests
+
+
+def forget_unwritten(out: Path, staging: Path, shards: list[int]) -> None:
+    """A resumed build or add trusts a shard recorded as written only if the store holds it (it
+    reads back with the recorded digests); any other is written again."""
+    writer = StoreWriter(out)
+    for j in shards:
+        path = written_path(staging, j)
+        if not path.exists():
+            continue
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, ValueError):
+            recorded = None
+        if not isinstance(recorded, dict) or not writer.shard_holds(j, recorded):
+            path.unlink()

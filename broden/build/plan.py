@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -15,6 +15,7 @@ import numpy as np
 from broden.adapters import Adapter, Prebuilt, SourceError
 from broden.adapters.categories import Kind
 from broden.adapters.colors import color_vocabulary
+from broden.adapters.files import ReadLimits, reading
 from broden.config import BuildConfig, make_adapters
 from broden.errors import BuildError
 from broden.schema import FORMAT_VERSION
@@ -45,6 +46,7 @@ class Source:
     adapter: Adapter
     kinds: dict[str, Kind]  # category -> pixel/image (colors included when on)
     known: dict[str, np.ndarray]  # category -> bool lookup of valid local ids
+    limits: ReadLimits = field(default_factory=ReadLimits)  # what its files may be
 
 
 @dataclass
@@ -69,7 +71,9 @@ def make_plan(config: BuildConfig, adapters: list[tuple[str, Adapter]] | None = 
     kinds_seen: dict[str, tuple[str, str]] = {}
     id_hash = hashlib.sha256()
     for si, (name, adapter) in enumerate(adapters):
-        vocab = adapter.vocabulary()
+        limits = config.read_limits(adapter.roots())
+        with reading(limits):
+            vocab = adapter.vocabulary()
         kinds = {c: adapter.kind(c) for c in adapter.categories}
         if config.colors and prebuilt is None:
             vocab = {**vocab, COLOR: color_vocabulary()}
@@ -89,18 +93,19 @@ def make_plan(config: BuildConfig, adapters: list[tuple[str, Adapter]] | None = 
             lut = np.zeros(top + 1, bool)
             lut[list(ids)] = True
             known[cat] = lut
-        n = len(adapter)
-        id_hash.update(name.encode())
-        for i in range(n):
-            id_hash.update(adapter.source_id(i).encode() + b"\0")
-        sources.append(Source(name, adapter, kinds, known))
+        with reading(limits):
+            n = len(adapter)
+            id_hash.update(name.encode())
+            for i in range(n):
+                id_hash.update(adapter.source_id(i).encode() + b"\0")
+        sources.append(Source(name, adapter, kinds, known, limits))
         vocabs[name] = vocab
         candidates.extend((si, i) for i in range(n))
     if not candidates:
         raise BuildError("the configured sources hold no samples")
     ts = config.task_size
     tasks = [(a, min(a + ts, len(candidates))) for a in range(0, len(candidates), ts)]
-    doc = {"format": FORMAT_VERSION, "config": config.model_dump(mode="json")}
+    doc = {"format": FORMAT_VERSION, "config": config.fingerprint_doc()}
     fp = hashlib.sha256(json.dumps(doc, sort_keys=True).encode())
     fp.update(id_hash.digest())
     return Plan(config, sources, candidates, tasks, fp.hexdigest()[:20], vocabs, prebuilt)

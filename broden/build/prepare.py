@@ -15,6 +15,7 @@ from zarr.codecs import ZstdCodec
 
 from broden.adapters import SampleError, SourceSample
 from broden.adapters.colors import color_counts, color_labels
+from broden.adapters.files import reading
 from broden.build.plan import COLOR, Source
 from broden.build.staging import atomic_write_json, task_files, task_paths, worker
 from broden.imaging import label_grid, resize_image, sample_labels
@@ -152,7 +153,8 @@ def run_prepare_task(task: int) -> dict[str, Any]:
     for si, index in plan.candidates[start:stop]:
         src = plan.sources[si]
         try:
-            p = prepare_sample(src, index, S, L, prebuilt=plan.prebuilt is not None)
+            with reading(src.limits):
+                p = prepare_sample(src, index, S, L, prebuilt=plan.prebuilt is not None)
         except Exception as e:  # listed as a skip; --strict turns it into a failure
             reason = str(e) if isinstance(e, SampleError) else f"{type(e).__name__}: {e}"
             samples.append(

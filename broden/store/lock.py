@@ -84,9 +84,9 @@ def store_lock(store: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise StoreError(
-            f"{store}: cannot create the folder {path.parent} ({e.strerror})"
-        ) from None
+        blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        why = f"{blocked} is a file, not a folder" if blocked is not None else e.strerror
+        raise StoreError(f"{store}: cannot create the folder {path.parent} ({why})") from None
     fd = _acquire(store, path)
     try:
         os.ftruncate(fd, 0)

@@ -26,7 +26,7 @@ from broden.adapters.categories import category_colors, ordered_categories
 from broden.dissect.errors import DissectError
 from broden.dissect.experiments.common import ExperimentWarning, save_figure
 from broden.dissect.experiments.rotation import parse_rotation_key
-from broden.dissect.results import layer_dirs
+from broden.dissect.results import check_out, layer_dirs
 from broden.dissect.summary import CategoryDetectors, Detectors, LayerSummary, ModelRecord
 
 
@@ -268,8 +268,11 @@ def compare(
     for n in notes:
         warnings.warn(n, ExperimentWarning, stacklevel=2)
     cats = ordered_categories(c for s in series for c in s.per_category)
-    outdir = Path(out)
-    outdir.mkdir(parents=True, exist_ok=True)
+    outdir = check_out(out)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DissectError(f"--out {outdir}: cannot create the folder ({e.strerror})") from None
     csv_path = outdir / "comparison.csv"
     _write_comparison_csv(csv_path, series, cats)
     figures = _comparison_figure(series, cats, outdir / "comparison", bool(notes))

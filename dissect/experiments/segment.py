@@ -26,6 +26,7 @@ from broden.dissect.experiments.common import ExperimentWarning
 from broden.dissect.experiments.rotation import unit_transform_from_key
 from broden.dissect.results import layer_dirs
 from broden.dissect.summary import SUMMARY, LayerSummary, ModelRecord
+from broden.removal import store_containing
 
 if TYPE_CHECKING:
     import torch
@@ -65,10 +66,12 @@ class Segmentation:
         """Write the overlay as a PNG of the image's size."""
         from PIL import Image
 
-        p = Path(path)
-        if p.parent and not p.parent.exists():
+        p = check_png_out(path)
+        try:
             p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(self.overlay).save(p, format="PNG")
+            Image.fromarray(self.overlay).save(p, format="PNG")
+        except OSError as e:
+            raise DissectError(f"--out {p}: cannot write the overlay ({e})") from None
         return p
 
     def format(self) -> str:
@@ -117,6 +120,18 @@ def _detector_units(directory: Path, min_iou: float, top: int | None) -> list[di
             units.append({"unit": unit, "label": label, "category": category, "iou": iou})
     units.sort(key=lambda d: (-float(d["iou"]), int(d["unit"])))
     return units if top is None else units[:top]
+
+
+def check_png_out(path: str | os.PathLike[str]) -> Path:
+    """``path`` as the overlay file to write: not a folder, and not inside a broden store;
+    :class:`DissectError` naming it otherwise. An existing file there is replaced."""
+    p = Path(path)
+    if p.is_dir():
+        raise DissectError(f"--out {p} is a folder; give the PNG file to write")
+    store = store_containing(p.parent)
+    if store is not None:
+        raise DissectError(f"--out {p} is inside the store {store}; write it elsewhere")
+    return p
 
 
 def _thresholds(directory: Path) -> np.ndarray:
@@ -315,6 +330,8 @@ def segment(
     from broden.dissect.tally import threshold_for_dtype
     from broden.dissect.transforms import apply_transform
 
+    if out is not None:
+        check_png_out(out)  # before any work
     directory = _results_layer(result_dir)
     summary = LayerSummary.read(directory)
     rec = summary.model

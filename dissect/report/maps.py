@@ -18,8 +18,7 @@ import numpy as np
 
 from broden.dissect.errors import DissectError
 from broden.dissect.report.read import LayerResults
-from broden.dissect.summary import ActivationsRecord, ModelRecord
-from broden.dissect.topimages import TOPMAPS
+from broden.dissect.summary import TOPMAPS, ActivationsRecord, ModelRecord
 from broden.dissect.transforms import UnitTransform, apply_transform
 
 if TYPE_CHECKING:

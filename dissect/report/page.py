@@ -45,12 +45,12 @@ from broden.dissect.report.read import (
 )
 from broden.dissect.results import layer_dirs
 from broden.dissect.summary import (
+    TOPMAPS,
     ActivationsRecord,
     CategoryDetectors,
     ConceptsRecord,
     ModelRecord,
 )
-from broden.dissect.topimages import TOPMAPS
 from broden.dissect.transforms import UnitTransform
 from broden.removal import REPORT_FILES, refusal, remove_ours
 

@@ -267,19 +267,9 @@ def _cap_memory() -> None:  # in the child, before it runs: a runaway allocation
     resource.setrlimit(resource.RLIMIT_AS, (min(4 << 30, hard) if hard > 0 else 4 << 30, hard))
 
 
-# The coco adapter's checks (adapters/coco.py, adapters/coco_geometry.py) are being
-# hardened in parallel; until they are merged this fuzz finds inputs that crash the
-# adapter (listed in the reason), so it is an expected failure, strict: it fails the run
-# the moment it passes, as the sign to remove this mark.
-@pytest.mark.xfail(
-    strict=True,
-    reason="COCO adapter crashes found by this fuzz (issue 12, to merge with the coco "
-    "geometry checks): polygon coordinates >= ~1e8 make pycocotools frPyObjects allocate "
-    "without bound, then segfault (coco.py _rle); an uncompressed RLE count >= 2**63 is an "
-    "OverflowError (coco.py _compact_segmentation, np.asarray int64); an annotation "
-    "image_id that is a list or mapping is a TypeError, unhashable (coco.py "
-    "_index_instances)",
-)
+# In a child process with capped memory: a crash in pycocotools' C code (which the
+# geometry checks of adapters/coco_geometry.py prevent) or a runaway allocation fails the
+# test with the input that caused it, instead of killing the test run.
 def test_any_mutated_coco_json_is_read_skipped_or_one_source_error(tmp_path: Path) -> None:
     code = f"from pathlib import Path; from tests.hardening.test_fuzz import run_coco_fuzz; " \
            f"run_coco_fuzz(Path({str(tmp_path)!r}))"  # fmt: skip

@@ -194,6 +194,39 @@ def test_results_out_that_is_a_store_or_inside_one_is_refused(
     assert ok.exit_code == 0, ok.output  # the same command with a results folder of its own
 
 
+def test_library_calls_and_experiments_refuse_a_store_as_their_output(
+    small_store: Path, tmp_path: Path
+) -> None:
+    """The Python functions check ``out`` as the commands do, and `compare` and `segment`
+    never write into a store or over a folder."""
+    from broden.dissect import DissectError, score_activations
+    from broden.store.lock import store_lock
+
+    acts = tmp_path / "conv.npy"
+    np.save(acts, np.random.default_rng(0).normal(size=(8, 3, 4, 4)).astype(np.float32))
+    before = snapshot(small_store)
+    with pytest.raises(DissectError, match="is a broden store"):
+        score_activations(small_store, acts, out=small_store)
+    results = tmp_path / "results"
+    ok = runner.invoke(app, [*dissect_args(small_store, results, acts), "--no-report"])
+    assert ok.exit_code == 0, ok.output
+    inside = small_store / "meta" / "cmp"
+    err = one_error_line(runner.invoke(app, ["compare", str(results), "--out", str(inside)]))
+    assert str(inside) in err and "inside the store" in err
+    seg = ["segment", "1", "--results", str(results / "conv"), "--store", str(small_store)]
+    for out, why in ((small_store / "a.png", "inside the store"), (tmp_path, "is a folder")):
+        err = one_error_line(runner.invoke(app, [*seg, "--out", str(out), "--model", "x:y"]))
+        assert str(out) in err and why in err
+    assert snapshot(small_store) == before
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with (
+        pytest.raises(StoreError, match=f"{blocker} is a file, not a folder"),
+        store_lock(blocker / "sub" / "s.zarr"),
+    ):
+        pass
+
+
 def test_report_replaces_only_its_own_files(small_store: Path, tmp_path: Path) -> None:
     acts = tmp_path / "conv.npy"
     np.save(acts, np.random.default_rng(0).normal(size=(8, 3, 4, 4)).astype(np.float32))
