@@ -26,10 +26,10 @@ Layout (N images, image size S, label size L = S // 2, shard = images per shard)
 
 Every array shares the shard boundaries (images ``[j·shard, (j+1)·shard)``) and each
 build task writes whole shards: Zarr rewrites a shard whole, so two writers sharing
-one lose data. Every array's attributes hold ``shard_digests``, a blake2b digest of
-each shard's decoded content, taken when it was written; :func:`validate_store`
-recomputes them (all-zero chunks are never written by zarr and read back as zeros,
-so a missing file alone is not damage; a digest mismatch is).
+one lose data. Every array's attributes hold ``shard_digests``, an XXH3-128 digest
+(blake2b in older stores) of each shard's decoded content, taken when it was
+written; :func:`validate_store` recomputes them (all-zero chunks are never written by
+zarr and read back as zeros, so a missing file alone is not damage; a digest mismatch is).
 
 Readable by xarray: every array records Zarr v3 ``dimension_names``
 (:func:`~broden.store.layout.dimension_names`: ``images`` (image, y, x, rgb),
@@ -52,6 +52,7 @@ from broden.store.layout import (
     Block,
     array_name,
     array_names,
+    digest_matches,
     dimension_names,
     shard_digest,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "open_group",
     "open_store",
     "read_attrs",
+    "digest_matches",
     "shard_digest",
     "upgrade_hint",
     "upgrade_store",

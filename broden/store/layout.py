@@ -3,8 +3,10 @@ codecs, shard boundaries and digests, and :class:`Block`, the rows of every arra
 
 Every array shares the shard boundaries (images ``[j·shard, (j+1)·shard)``) and each
 writer writes whole shards: Zarr rewrites a shard whole, so two writers sharing one lose
-data. Every array's attributes hold ``shard_digests``, a blake2b digest of each shard's
-decoded content, taken when it was written.
+data. Every array's attributes hold ``shard_digests``, a digest of each shard's decoded
+content taken when it was written: ``xxh3:`` and the 128-bit XXH3 hash in hex (fast enough
+to check on every read), or, in stores written by earlier versions, a bare 32-digit blake2b
+hex digest; :func:`digest_matches` reads both.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+import xxhash
 from zarr.codecs import ZstdCodec
 
 from broden.adapters.categories import Kind
@@ -101,15 +104,42 @@ def shard_rows(index: int, images: int, shard: int) -> tuple[int, int]:
     return start, min(start + shard, images)
 
 
-def shard_digest(data: np.ndarray) -> str:
-    """Digest of a shard's decoded content (shape, dtype and bytes)."""
-    h = hashlib.blake2b(digest_size=16)
+#: the prefix of an XXH3-128 shard digest (a digest without one is a blake2b digest)
+XXH3 = "xxh3:"
+
+
+def _digest_parts(data: np.ndarray) -> tuple[bytes, memoryview | bytes]:
+    """What a shard digest covers: a header (shape and dtype) and the content's bytes
+    (text arrays as the JSON list of their strings)."""
     if data.dtype.kind in "OUT":
-        h.update(json.dumps([str(x) for x in data.ravel()]).encode())
-    else:
-        h.update(f"{data.shape}{data.dtype.str}".encode())
-        h.update(np.ascontiguousarray(data).tobytes())
+        return b"", json.dumps([str(x) for x in data.ravel()]).encode()
+    flat = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    return f"{data.shape}{data.dtype.str}".encode(), memoryview(flat)
+
+
+def shard_digest(data: np.ndarray) -> str:
+    """Digest of a shard's decoded content (shape, dtype and bytes): ``xxh3:`` and the
+    XXH3-128 hash in hex. Not cryptographic: it detects damage and stale shards, not a
+    forger (who could rewrite the recorded digests as easily as the shard)."""
+    head, body = _digest_parts(data)
+    h = xxhash.xxh3_128(head)
+    h.update(body)
+    return XXH3 + h.hexdigest()
+
+
+def legacy_digest(data: np.ndarray) -> str:
+    """The blake2b digest (16 bytes, hex) that stores written before XXH3 recorded."""
+    head, body = _digest_parts(data)
+    h = hashlib.blake2b(head, digest_size=16)
+    h.update(body)
     return h.hexdigest()
+
+
+def digest_matches(data: np.ndarray, recorded: str) -> bool:
+    """Whether ``data`` has the ``recorded`` digest, XXH3 or (older stores) blake2b."""
+    if recorded.startswith(XXH3):
+        return shard_digest(data) == recorded
+    return legacy_digest(data) == recorded
 
 
 @dataclass

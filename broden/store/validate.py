@@ -9,7 +9,7 @@ import zarr
 
 from broden.adapters.categories import category_sort_key
 from broden.errors import StoreError
-from broden.store.layout import DIGESTS_ATTR, array_name, shard_digest
+from broden.store.layout import DIGESTS_ATTR, array_name, digest_matches
 from broden.store.metadata import consolidated_differences
 from broden.store.reader import BrodenStore
 
@@ -106,7 +106,7 @@ def validate_store(path: str | Path, check_data: bool = True) -> list[str]:
             except Exception as e:  # a damaged shard file raises from the codec
                 problems.append(f"{where}: unreadable ({type(e).__name__}: {e})")
                 continue
-            if digests is not None and shard_digest(data) != digests[j]:
+            if digests is not None and not digest_matches(data, str(digests[j])):
                 problems.append(
                     f"{where}: content differs from the digest recorded at build time "
                     "(missing or damaged shard file)"

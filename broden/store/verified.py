@@ -1,7 +1,7 @@
 """Verified reads: every shard of a store checked, the first time it is read, against the
-digest recorded when it was written (:func:`~broden.store.layout.shard_digest`, the
-blake2b digest of the shard's decoded content that :func:`~broden.store.validate_store`
-recomputes too).
+digest recorded when it was written (:func:`~broden.store.layout.digest_matches`: the
+XXH3-128 digest of the shard's decoded content, or blake2b in older stores, that
+:func:`~broden.store.validate_store` recomputes too).
 
 A :class:`ShardVerifier` reads rows of a store's arrays like :meth:`BrodenStore.rows`;
 asked to ``check`` a shard not yet checked, it reads the whole shard, compares its digest
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from broden.errors import StoreError
-from broden.store.layout import DIGESTS_ATTR, Block, n_shards, shard_digest, shard_rows
+from broden.store.layout import DIGESTS_ATTR, Block, digest_matches, n_shards, shard_rows
 from broden.store.reader import WHOLE_ARRAYS, BrodenStore
 from broden.store.shards import shard_file
 
@@ -103,7 +103,7 @@ class ShardVerifier:
         data = self.store.rows(name, a, b)
         digests = self.digests(name)
         if digests is not None and (name, shard) not in self.checked:
-            if shard_digest(data) != digests[shard]:
+            if not digest_matches(data, digests[shard]):
                 raise StoreError(self._mismatch(name, shard))
             self._mark(name, shard)
         return data
@@ -134,7 +134,7 @@ class ShardVerifier:
             if (name, j) in self.checked:
                 continue
             a, b = shard_rows(j, len(self.store), self.store.shard_size)
-            if shard_digest(data[a:b]) != digests[j]:
+            if not digest_matches(data[a:b], digests[j]):
                 raise StoreError(self._mismatch(name, j))
             self._mark(name, j)
 

@@ -48,6 +48,7 @@ from broden.store.layout import (
     Block,
     array_name,
     array_names,
+    digest_matches,
     dimension_names,
     n_shards,
     shard_digest,
@@ -194,7 +195,7 @@ class StoreWriter:
             for name, want in digests.items():
                 arr = self.array(name)
                 start, stop = shard_rows(index, arr.shape[0], self.attrs.shard_size)
-                if shard_digest(np.asarray(arr[start:stop])) != want:
+                if not digest_matches(np.asarray(arr[start:stop]), want):
                     return False
         except Exception:  # noqa: BLE001 - a damaged shard file raises from its codec
             return False

@@ -199,13 +199,13 @@ def test_intact_store_dissects_exactly_as_before(tiny, tmp_path):
 
 def test_each_shard_is_checked_once_over_both_passes(tiny, tmp_path, monkeypatch):
     calls: list[tuple[tuple[int, ...], str]] = []
-    digest = verified_module.shard_digest
+    matches = verified_module.digest_matches
 
-    def counted(data: np.ndarray) -> str:
+    def counted(data: np.ndarray, recorded: str) -> bool:
         calls.append((data.shape, str(data.dtype)))
-        return digest(data)
+        return matches(data, recorded)
 
-    monkeypatch.setattr(verified_module, "shard_digest", counted)
+    monkeypatch.setattr(verified_module, "digest_matches", counted)
     store = open_store(tiny.path)
     acts = np.random.default_rng(4).normal(size=(tiny.n, 2, 3, 3)).astype(np.float32)
     res = score_activations(store, acts, "l", DissectSettings(batch_size=2, workers=0,
@@ -232,3 +232,34 @@ def test_checks_are_shared_out_among_the_workers(tiny):
     assert check_batches(plan, store.shard_size, spread=3) == {0, 7, 11}  # workers 0, 1, 2
     # 5 workers: shard 2 has no batch for worker 2 (items 10, 11 go to 0, 1): its first
     assert check_batches(plan, store.shard_size, spread=5) == {0, 6, 10}
+
+
+def test_stores_with_the_older_blake2b_digests_are_still_verified(sample: Path) -> None:
+    """Stores of earlier versions record blake2b digests (32 hex digits, no ``xxh3:``):
+    their shards are checked against those, and a wrong one is still found."""
+    from broden.store import validate_store
+    from broden.store.layout import XXH3, legacy_digest, shard_rows
+    from broden.store.metadata import consolidate
+
+    store = open_store(sample)
+    for name in store.array_names():
+        arr = zarr.open_array(str(sample / name), mode="r+")
+        assert all(d.startswith(XXH3) for d in arr.attrs[DIGESTS_ATTR])
+        shards = len(arr.attrs[DIGESTS_ATTR])
+        old = []
+        for j in range(shards):
+            a, b = shard_rows(j, len(store), store.shard_size)
+            old.append(legacy_digest(store.rows(name, a, b)))
+        arr.attrs[DIGESTS_ATTR] = old
+    consolidate(sample)  # as that version left the store
+    assert validate_store(sample) == []
+    reread = open_store(sample)
+    verified_module.ShardVerifier(reread).read_block(0, len(reread), check=True)
+    assert ("images", 0) in reread.checked_shards
+    arr = zarr.open_array(str(sample / "images"), mode="r+")
+    arr.attrs[DIGESTS_ATTR] = ["0" * 32] * len(arr.attrs[DIGESTS_ATTR])
+    consolidate(sample)
+    problems = validate_store(sample)
+    assert len(problems) == 1 and "images shard 0" in problems[0], problems
+    with pytest.raises(StoreError, match="images shard 0"):
+        verified_module.ShardVerifier(open_store(sample)).read_block(0, 4, check=True)
