@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -70,23 +71,50 @@ class Normalization:
     std: tuple[float, float, float]
 
 
+#: ``--normalize`` presets: (mean, std) of the RGB channels in [0, 1] units
+NORMALIZE_PRESETS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    # OpenAI CLIP and OpenCLIP's default (open_clip.constants.OPENAI_DATASET_MEAN/STD)
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    # Inception, and most ViTs of timm and Hugging Face: [-1, 1]
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+#: the suffix of ``--normalize`` values given in 0-255 units
+UNITS_255 = "@255"
+
+
 def parse_normalize(value: str) -> Normalization:
-    """``imagenet``, ``none`` or ``M,M,M/S,S,S`` (values in [0, 1] units)."""
+    """A preset (:data:`NORMALIZE_PRESETS`: ``imagenet``, ``clip``, ``inception``,
+    ``none``) or ``M,M,M/S,S,S`` in [0, 1] units (the model sees ``(x - M) / S`` for pixel
+    values ``x`` in [0, 1]); ``M,M,M/S,S,S@255`` gives them in 0-255 units (divided by
+    255). Means outside [0, 1] or standard deviations outside (0, 1] without ``@255`` are
+    refused: they are 0-255 values given as [0, 1] ones, which would dissect a model
+    seeing nearly constant inputs."""
     v = value.strip().lower()
-    if v == "imagenet":
-        return Normalization("imagenet", IMAGENET_MEAN, IMAGENET_STD)
-    if v == "none":
-        return Normalization("none", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    if v in NORMALIZE_PRESETS:
+        mean, std = NORMALIZE_PRESETS[v]
+        return Normalization(v, mean, std)
+    scale = 255.0 if v.endswith(UNITS_255) else 1.0
+    body = v.removesuffix(UNITS_255)
     try:
-        mean_s, std_s = v.split("/")
-        mean = tuple(float(x) for x in mean_s.split(","))
-        std = tuple(float(x) for x in std_s.split(","))
+        mean_s, std_s = body.split("/")
+        mean = tuple(float(x) / scale for x in mean_s.split(","))
+        std = tuple(float(x) / scale for x in std_s.split(","))
     except ValueError:
         mean, std = (), ()
-    if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+    finite = all(math.isfinite(x) for x in (*mean, *std))
+    if len(mean) != 3 or len(std) != 3 or not finite or any(s <= 0 for s in std):
         raise DissectError(
-            f"--normalize {value!r}: expected imagenet, none, or MEAN,MEAN,MEAN/STD,STD,STD "
-            "with three means and three positive standard deviations (in [0, 1] units)"
+            f"--normalize {value!r}: expected a preset ({', '.join(NORMALIZE_PRESETS)}) or "
+            "MEAN,MEAN,MEAN/STD,STD,STD with three means and three positive standard "
+            f"deviations, in [0, 1] units (or in 0-255 units with {UNITS_255} at the end)"
+        )
+    if scale == 1.0 and (any(not 0 <= m <= 1 for m in mean) or any(s > 1 for s in std)):
+        raise DissectError(
+            f"--normalize {value!r}: these look like 0-255 values, but --normalize takes "
+            f"[0, 1] units (the images are scaled to [0, 1] first); add {UNITS_255} to give "
+            f"0-255 values (--normalize '{body}{UNITS_255}'), or divide them by 255"
         )
     return Normalization(value, mean, std)  # type: ignore[arg-type]
 

@@ -68,6 +68,23 @@ def test_normalisation_by_name_or_values():
     assert preprocess(images, n, 8).shape == (1, 3, 8, 8)
     with pytest.raises(DissectError, match="MEAN,MEAN,MEAN/STD,STD,STD"):
         parse_normalize("0.5,0.5/1,1,1")
+    with pytest.raises(DissectError, match="MEAN,MEAN,MEAN/STD,STD,STD"):
+        parse_normalize("nan,0.5,0.5/1,1,1")
+
+
+def test_normalize_presets_and_0_255_units():
+    """A 0-255 mean given as [0, 1] units (a model that would see nearly constant
+    inputs, and find no detector) is refused; with @255 it is read as such."""
+    assert parse_normalize("clip").mean == (0.48145466, 0.4578275, 0.40821073)
+    assert parse_normalize("CLIP").std == (0.26862954, 0.26130258, 0.27577711)
+    assert parse_normalize("inception").mean == (0.5, 0.5, 0.5)
+    for caffe in ("123.68,116.78,103.94/1,1,1", "0.5,0.5,0.5/58.4,57.1,57.4"):
+        with pytest.raises(DissectError, match="look like 0-255 values.*@255"):
+            parse_normalize(caffe)
+    n = parse_normalize("127.5,127.5,127.5/127.5,127.5,127.5@255")
+    assert n.mean == (0.5, 0.5, 0.5) and n.std == (0.5, 0.5, 0.5)
+    images = torch.full((1, 2, 2, 3), 255, dtype=torch.uint8)
+    assert torch.allclose(preprocess(images, n, None), torch.ones(1, 3, 2, 2))
 
 
 def test_tokens_become_the_patch_grid_without_class_and_register_tokens():
