@@ -140,11 +140,39 @@ class ModelRunner:
                     first = str(e).splitlines()[0] if str(e) else ""
                     raise DissectError(
                         f"the model failed on {what} of shape {tuple(x.shape)}: "
-                        f"{type(e).__name__}: {first} (check --input-size and --normalize)"
+                        f"{type(e).__name__}: {first} ({_failure_hint(e)})"
                     ) from None
-                return {
-                    la: to_unit_maps(outs[la], la, prep.layout, prep.prefix_tokens)[:n]
-                    for la in layers
-                }
+                maps = {}
+                for la in layers:
+                    m = to_unit_maps(outs[la], la, prep.layout, prep.prefix_tokens)
+                    check_batch(m, x.shape[0], la, outs[la])
+                    maps[la] = m[:n]
+                return maps
 
             yield run
+
+
+def _failure_hint(error: Exception) -> str:
+    """What to check when the model's forward pass raised ``error``."""
+    text = str(error)
+    if isinstance(error, TypeError) and ("argument" in text or "positional" in text):
+        return (
+            "its forward does not take one batch of images: give a spec whose module does, "
+            "e.g. the vision tower of a multimodal model"
+        )
+    return "check --input-size and --normalize"
+
+
+def check_batch(maps: torch.Tensor, fed: int, layer: str, raw: object) -> None:
+    """:class:`DissectError` unless the unit maps of ``layer`` have one row per image fed:
+    a sequence-first ``(T, B, D)`` output (or any other layout whose first axis is not the
+    batch) would otherwise be read with the wrong axis as images."""
+    if maps.shape[0] == fed:
+        return
+    shape = tuple(getattr(raw, "shape", ()))
+    raise DissectError(
+        f"layer {layer!r}: its output {shape} read as {maps.shape[0]} images, but {fed} "
+        "were fed; its first axis is not the batch (a sequence-first (tokens, batch, "
+        "features) output, as of a transformer with batch_first=False?): hook a layer whose "
+        "output is batch-first, or a module that transposes it"
+    )

@@ -160,6 +160,44 @@ def test_transformer_tokens_end_to_end(tiny, tmp_path):
     np.testing.assert_allclose(res.iou, ref.iou, atol=0.02)
 
 
+class SeqFirstNet(nn.Module):
+    """Patch tokens through a transformer layer that is sequence-first, (T, B, D), as
+    open_clip's before batch-first: ``tokens`` outputs (T, B, D)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 8, 8)
+        self.tokens = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).permute(2, 0, 1)  # (T, B, D)
+        return self.tokens(t)
+
+
+class TwoInputs(nn.Module):
+    """A model whose forward wants images and text, like a full CLIP model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.conv(image)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_a_sequence_first_output_is_refused_not_read_on_the_wrong_axis(tiny, tmp_path, batch):
+    settings = S(workers=0, quantile=0.1, normalize="none", batch_size=batch, progress=False)
+    with pytest.raises(DissectError, match=r"read as 16 images, but \d+ were fed.*sequence"):
+        dissect(tiny.path, SeqFirstNet().eval(), ["tokens"], settings, out=tmp_path)
+
+
+def test_a_model_wanting_more_than_images_gets_a_matching_hint(tiny, tmp_path):
+    settings = S(workers=0, quantile=0.1, normalize="none", progress=False)
+    with pytest.raises(DissectError, match="does not take one batch of images.*vision tower"):
+        dissect(tiny.path, TwoInputs().eval(), ["conv"], settings, out=tmp_path)
+
+
 class SmallConv(nn.Module):
     def __init__(self) -> None:
         super().__init__()
