@@ -111,6 +111,8 @@ def list_layers(
     if input_size is not None and input_size < 1:
         raise DissectError(f"--input-size must be at least 1, got {input_size}")
     loaded = load_model(model, weights)
+    if prefix_tokens is None:
+        prefix_tokens = loaded.prefix_tokens  # as the dissection takes it
     size = input_size or loaded.input_size or DEFAULT_INPUT_SIZE
     fed = loaded.batch_size or 2
     dev = torch.device(device)

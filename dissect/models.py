@@ -62,6 +62,7 @@ class LoadedModel:
     fingerprint: str  # digest of the architecture spec and every parameter and buffer
     input_size: int | None = None  # size the model was exported for
     batch_size: int | None = None  # fixed batch size of an exported model
+    prefix_tokens: int | None = None  # class/distillation/register tokens, from its config
 
 
 @dataclass(frozen=True)
@@ -319,4 +320,20 @@ def load_model(spec: str | nn.Module, weights: str | os.PathLike[str] | None = N
         h.hexdigest()[:20],
         input_size,
         batch,
+        model_prefix_tokens(module),
     )
+
+
+def model_prefix_tokens(module: nn.Module) -> int | None:
+    """The tokens before the patch grid in a transformer's token outputs (class,
+    distillation and register tokens), where the model says: timm's
+    ``num_prefix_tokens``, or a Hugging Face config's ``num_register_tokens`` (plus the
+    class token). None when it does not say; the dissection then guesses from the token
+    count (``T - ⌊√T⌋²``), which is wrong for 16 registers on a 4×4 grid, say."""
+    n = getattr(module, "num_prefix_tokens", None)
+    if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
+        return n
+    registers = getattr(getattr(module, "config", None), "num_register_tokens", None)
+    if isinstance(registers, int) and not isinstance(registers, bool) and registers >= 0:
+        return 1 + registers
+    return None

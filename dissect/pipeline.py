@@ -163,9 +163,8 @@ def dissect(
     t0 = time.perf_counter()
     loaded = load_model(model, weights)
     size = opts.input_size or loaded.input_size or st.image_size
-    runner = ModelRunner(
-        loaded, InputPrep(norm, size, opts.layout, opts.prefix_tokens, opts.amp), dev
-    )
+    prefix = opts.prefix_tokens if opts.prefix_tokens is not None else loaded.prefix_tokens
+    runner = ModelRunner(loaded, InputPrep(norm, size, opts.layout, prefix, opts.amp), dev)
     runner.check_layers(layers)  # before any work
     t_load = time.perf_counter() - t0
     source = {
@@ -175,7 +174,7 @@ def dissect(
         "input_size": size,
         "normalize": [list(norm.mean), list(norm.std)],
         "layout": opts.layout,
-        "prefix_tokens": opts.prefix_tokens,
+        "prefix_tokens": prefix,
     }
     run = Run(st, opts, Path(out), dev, ranks)
     run.timings["model_load_s"] = round(t_load, 3)
@@ -183,7 +182,7 @@ def dissect(
         "normalize": norm.name,
         "input_size": size,
         "layout": opts.layout,
-        "prefix_tokens": opts.prefix_tokens,
+        "prefix_tokens": prefix,
         "workers": opts.workers,
         "cache_activations": opts.cache_activations,
         "amp": opts.amp,

@@ -276,3 +276,45 @@ def test_input_size_resizes_images_for_the_model(tiny, tmp_path):
     )["features.2"]
     assert r.summary.activation_shape == (16, 16)  # 64 px through two stride-2 convs
     assert r.summary.settings.input_size == 64
+
+
+class RegisterViT(nn.Module):
+    """A ViT with a class token and 16 registers (timm's ``num_prefix_tokens = 17``) and
+    patches of 16: at 112 px a 7×7 grid, 66 tokens, of which ``T - ⌊√T⌋²`` would drop 2.
+    The output's token k carries the value k in every feature, so the grid read shows
+    which tokens were taken."""
+
+    num_prefix_tokens = 17
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 4, 16, 16)
+        self.out = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)  # (B, 49, 4)
+        tokens = torch.arange(17 + t.shape[1], dtype=t.dtype, device=t.device)
+        return self.out(tokens.view(1, -1, 1).expand(len(t), -1, 4) + 0 * t.sum())
+
+
+def test_register_tokens_come_from_the_model_not_the_guess(tiny, tmp_path):
+    from broden.dissect.models import model_prefix_tokens
+
+    model = RegisterViT().eval()
+    assert model_prefix_tokens(model) == 17
+    hf = nn.Identity()
+    hf.config = type("Config", (), {"num_register_tokens": 4})()  # as Dinov2WithRegisters
+    assert model_prefix_tokens(hf) == 5 and model_prefix_tokens(nn.Identity()) is None
+    with torch.inference_mode():
+        tokens = model(torch.zeros(2, 3, 112, 112))
+    maps = to_unit_maps(tokens, "out", "auto", model_prefix_tokens(model))
+    assert maps.shape == (2, 4, 7, 7)
+    expect = 17 + torch.arange(49, dtype=maps.dtype).view(7, 7)  # row-major after the prefix
+    assert torch.equal(maps[1, 3], expect)
+    assert to_unit_maps(tokens, "out").shape[2:] == (8, 8)  # what the guess alone would read
+    s = S(workers=0, quantile=0.1, normalize="none", input_size=112, progress=False)
+    res = dissect(tiny.path, model, ["out"], s, out=tmp_path)["out"]
+    assert res.summary.activation_shape == (7, 7)
+    assert res.summary.model.prefix_tokens == 17 and res.summary.settings.prefix_tokens == 17
+    forced = dissect(tiny.path, model, ["out"], s.replace(prefix_tokens=2), out=tmp_path / "f")
+    assert forced["out"].summary.activation_shape == (8, 8)  # --prefix-tokens overrides
