@@ -1,10 +1,12 @@
-"""``broden dissect`` and ``broden report`` (the ``dissect`` command group): thin typer
-wrappers over :func:`broden.dissect.dissect`, :func:`broden.dissect.score_activations`
-and :func:`broden.dissect.report.write_report`. Importing this module imports only typer;
+"""``broden layers``, ``broden dissect`` and ``broden report`` (the ``dissect`` command
+group): thin typer wrappers over :func:`broden.dissect.layers.list_layers`,
+:func:`broden.dissect.dissect`, :func:`broden.dissect.score_activations` and
+:func:`broden.dissect.report.write_report`. Importing this module imports only typer;
 torch is imported when a command runs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -142,6 +144,15 @@ def dissect_command(
         ),
     ] = False,
     distributed: Annotated[bool, typer.Option(help=DISTRIBUTED_HELP)] = False,
+    formulas: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            help="explain each unit by a formula of up to N concepts joined by OR, AND, "
+            "AND NOT (OUT/<layer>/formulas.json, formulas.csv); 0: off",
+        ),
+    ] = 0,
+    beam: Annotated[int, typer.Option(metavar="B", help="beam width of --formulas")] = 5,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Dissect layers of a model (or precomputed activations) against STORE."""
@@ -170,6 +181,8 @@ def dissect_command(
         force=force,
         progress=not quiet,
         distributed=distributed,
+        formulas=formulas,
+        beam=beam,
     )
     done = run_dissection(
         store,
@@ -272,7 +285,53 @@ def report_command(
     typer.echo(f"report: {page}")
 
 
+@user_errors
+def layers_command(
+    model: Annotated[str, typer.Argument(help="a model spec, as broden dissect --model takes")],
+    weights: Annotated[Path | None, typer.Option(help="its state dict")] = None,
+    input_size: Annotated[
+        int | None, typer.Option(help="the dummy input's size (default: the model's, or 224)")
+    ] = None,
+    normalize: Annotated[str, typer.Option(help="as broden dissect --normalize")] = "imagenet",
+    layout: Annotated[str, typer.Option(help="as broden dissect --layout")] = "auto",
+    prefix_tokens: Annotated[
+        int | None, typer.Option(help="as broden dissect --prefix-tokens")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON list, for scripts")] = False,
+) -> None:
+    """List a model's layers: each module's output shape and how broden dissect would read
+    it (units × h×w, layout, prefix tokens), from one dummy forward pass."""
+    from broden.dissect.layers import list_layers
+
+    infos = list_layers(
+        model,
+        weights,
+        input_size=input_size,
+        normalize=normalize,
+        layout=layout,
+        prefix_tokens=prefix_tokens,
+    )
+    if as_json:
+        typer.echo(json.dumps([i.to_json() for i in infos], indent=1))
+        return
+    rows = [(i.name, i.kind, _shape(i.shape, i.batch_first), i.reading) for i in infos]
+    head = ("layer", "module", "output", "read by broden dissect as")
+    widths = [max(len(r[k]) for r in [head, *rows]) for k in range(3)]
+    for r in [head, *rows]:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3])
+
+
+def _shape(shape: tuple[int, ...] | None, batch_first: bool) -> str:
+    """An output shape for the table: ``B×512×7×7`` (B: the dummy batch), ``-`` for none."""
+    if shape is None:
+        return "-"
+    if not batch_first or not shape:
+        return "×".join(map(str, shape)) or "()"
+    return "×".join(["B", *map(str, shape[1:])])
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``dissect`` and ``report`` commands to ``app``."""
+    """Add the ``layers``, ``dissect`` and ``report`` commands to ``app``."""
+    app.command("layers", rich_help_panel=PANEL)(layers_command)
     app.command("dissect", rich_help_panel=PANEL)(dissect_command)
     app.command("report", rich_help_panel=PANEL)(report_command)

@@ -1,8 +1,9 @@
 """One layer through the passes of a dissection (:class:`LayerJob`): pass 1 observes each
 batch's maps (finiteness, the per-unit top values that give the thresholds, the top
 images with the maps of the best ``top_k`` for the report, an in-memory copy when kept),
-pass 2 tallies them against the labels; under ``torchrun`` the ranks' top values, counts,
-top images and their maps are merged."""
+pass 2 tallies them against the labels (with formulas on, also each unit's active pixels
+per atom of the concept masks: :mod:`broden.dissect.explain.collect`); under ``torchrun``
+the ranks' top values, counts, top images and their maps are merged."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from broden.dissect.concepts import ConceptSelection
 from broden.dissect.data import StoreBatch
 from broden.dissect.distributed import Ranks
 from broden.dissect.errors import DissectError
+from broden.dissect.explain.collect import UnitAtomCounts
 from broden.dissect.results import LayerCounts
 from broden.dissect.settings import DissectSettings
 from broden.dissect.tally import LabelTables, Tally, threshold_for_dtype
@@ -50,6 +52,7 @@ class LayerJob:
         self.tally: Tally | None = None
         self.thr_dev: torch.Tensor | None = None
         self.cache: torch.Tensor | None = None
+        self.formula_counts: UnitAtomCounts | None = None
 
     def setup(
         self,
@@ -69,6 +72,9 @@ class LayerJob:
             self.quant = StreamingTopK(U, k, maps.device, maps.dtype)
         self.top = TopImages(U, min(settings.top_images, n_images), keep=settings.top_k)
         self.tally = Tally(U, tables, label_size)
+        if settings.formulas:  # each unit's active pixels per atom, from the tally's pass
+            self.formula_counts = UnitAtomCounts(U)
+            self.tally.sink = self.formula_counts.add
 
     def check(self, maps: torch.Tensor, batch: StoreBatch) -> None:
         """:class:`DissectError` for maps of the wrong shape or with NaN/inf values."""

@@ -94,10 +94,12 @@ def parse_normalize(value: str) -> Normalization:
     seeing nearly constant inputs."""
     v = value.strip().lower()
     if v in NORMALIZE_PRESETS:
-        mean, std = NORMALIZE_PRESETS[v]
-        return Normalization(v, mean, std)
+        preset_mean, preset_std = NORMALIZE_PRESETS[v]
+        return Normalization(v, preset_mean, preset_std)
     scale = 255.0 if v.endswith(UNITS_255) else 1.0
     body = v.removesuffix(UNITS_255)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
     try:
         mean_s, std_s = body.split("/")
         mean = tuple(float(x) / scale for x in mean_s.split(","))

@@ -19,6 +19,14 @@ from broden.dissect.concepts import select_concepts
 from broden.dissect.data import StoreBatch, StoreBatches, resolve_sources, source_indices
 from broden.dissect.distributed import LOCAL, Ranks
 from broden.dissect.errors import DissectError
+from broden.dissect.explain.collect import (
+    DatasetAtoms,
+    explain_layer,
+    read_formulas,
+    remove_formulas,
+    write_formulas,
+)
+from broden.dissect.explain.formulas import Explanation
 from broden.dissect.layerjob import LayerJob
 from broden.dissect.results import DissectionResult, cache_key, read_cached, write_layer
 from broden.dissect.settings import DissectSettings
@@ -77,6 +85,8 @@ class Run:
         self.tables = LabelTables(self.selection, device)
         self.store_fp = store.fingerprint()
         self.timings: dict[str, float] = {}
+        #: with formulas on, the concept masks of the images the tally sees
+        self.atoms = DatasetAtoms(self.selection, store.label_size) if settings.formulas else None
         self.passes = 0  # forward passes (or reads of the activations) made
 
     @property
@@ -112,7 +122,10 @@ class Run:
         return cache_key(parts)
 
     def labels(self, batch: StoreBatch) -> Any:
-        return self.tables.batch(batch.pixel, batch.image, batch.counts)
+        labels = self.tables.batch(batch.pixel, batch.image, batch.counts)
+        if self.atoms is not None:
+            labels.atoms = self.atoms.batch_atoms(batch, labels)
+        return labels
 
     def header(
         self, layer: LayerJob | None, source: dict[str, Any], key: str, settings: dict[str, Any]
@@ -134,6 +147,7 @@ class Run:
                 "device": str(self.device),
                 "sources": self.sources,
                 "distributed": self.ranks.describe(),
+                **st.formula_settings(),
                 **settings,
             },
             "store": {
@@ -162,12 +176,13 @@ class Run:
         found = None
         if self.ranks.is_main:
             cached = read_cached(directory, key)
-            if cached is not None:
-                found = (cached, LayerSummary.read(directory))
+            formulas = self._cached_formulas(directory)
+            if cached is not None and (formulas is not None or not self.settings.formulas):
+                found = (cached, LayerSummary.read(directory), formulas)
         found = self.ranks.broadcast(found)
         if found is None:
             return None
-        cached, old = found
+        cached, old, formulas = found
         extra = self.header(None, source, key, settings)
         extra["settings"].update(
             quantile_method=old.settings.quantile_method, thresholds=old.settings.thresholds
@@ -185,6 +200,7 @@ class Run:
             reused=True,
             write=self.ranks.is_main,
         )
+        res.formulas = formulas
         res.notes.append(
             f"{name}: reused the counts cached in {directory} (same model, store, concepts "
             "and threshold settings; re-scored with this run's unit area and IoU threshold)"
@@ -198,6 +214,7 @@ class Run:
         t0 = time.perf_counter()
         if self.ranks.is_main:
             save_top_maps(job)
+        formulas, formulas_s = self._formulas(job)
         res = write_layer(
             job.directory,
             job.name,
@@ -211,9 +228,35 @@ class Run:
             write=self.ranks.is_main,
         )
         res.summary.timings["scoring_s"] = round(time.perf_counter() - t0, 3)
+        if formulas is not None:
+            res.formulas = formulas
+            res.summary.timings["formulas_s"] = formulas_s
         if self.ranks.is_main:
             res.summary.write(job.directory)
         return res
+
+    def _cached_formulas(self, directory: Path) -> list[Explanation] | None:
+        """A cached layer's formulas (None when off, or when its file is missing)."""
+        if not self.settings.formulas:
+            return None
+        return read_formulas(directory, self.selection.names)
+
+    def _formulas(self, job: LayerJob) -> tuple[list[Explanation] | None, float]:
+        """With formulas on: every unit's best formula, written to ``formulas.json`` and
+        ``formulas.csv``, and the seconds the search took; off: None, and the layer's old
+        formula files removed."""
+        if self.atoms is None or job.formula_counts is None:
+            if self.ranks.is_main:
+                remove_formulas(job.directory)
+            return None, 0.0
+        t0 = time.perf_counter()
+        st = self.settings
+        search = self.atoms.search(len(self.local), st.formulas, st.beam)
+        found = explain_layer(search, job.formula_counts, job.name, self.progress)
+        job.formula_counts = None
+        if self.ranks.is_main:
+            write_formulas(job.directory, found)
+        return found, round(time.perf_counter() - t0, 3)
 
     def run_passes(
         self,

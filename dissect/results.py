@@ -15,6 +15,8 @@ Files (DESIGN.md §5):
                    (their per-image maximum activation), k = max(50, top_k)
 ``summary.json``   settings, fingerprints, cache key, detectors, timings
 ``tally.csv``      with ``legacy_csv``: NetDissect-Lite's layout
+``formulas.json``  with formulas on: each unit's best formula (unit, formula, iou, length;
+``formulas.csv``   :mod:`broden.dissect.explain.collect`), the same as a table
 
 Cache: ``summary.json`` holds the key of everything that determines the counts (model
 weights, layer, store fingerprint, concept subset, quantile settings or thresholds,
@@ -39,6 +41,7 @@ import numpy as np
 
 from broden.dissect.concepts import ConceptSelection
 from broden.dissect.errors import DissectError
+from broden.dissect.explain.formulas import Explanation
 from broden.dissect.scoring import Scores, detector_summary, iou_matrix, score
 from broden.dissect.summary import SUMMARY, LayerSummary
 from broden.removal import store_containing
@@ -135,6 +138,8 @@ class DissectionResult:
     summary: LayerSummary
     reused: bool = False
     notes: list[str] = field(default_factory=list)
+    #: with formulas on: each unit's best formula (``formulas.json``), else None
+    formulas: list[Explanation] | None = None
 
     @property
     def units(self) -> int:

@@ -92,6 +92,10 @@ class DissectSettings(BaseModel):
     force: bool = Field(False, description="recompute even when the cache key matches")
     progress: bool = Field(True, description="progress bars")
     distributed: bool = Field(False, description="this process is one rank of a torchrun launch")
+    formulas: int = Field(
+        0, description="compositional explanations: maximum formula length (0: off)"
+    )
+    beam: int = Field(5, description="beam width of the formula search")
 
     @field_validator("concepts", mode="before")
     @classmethod
@@ -142,7 +146,20 @@ class DissectSettings(BaseModel):
         if self.input_size is not None and self.input_size < 1:
             raise DissectError(f"--input-size must be at least 1, got {self.input_size}")
         parse_normalize(self.normalize)
+        self._check_formulas()
         return self
+
+    def _check_formulas(self) -> None:
+        if self.formulas < 0:
+            raise DissectError(f"--formulas must be 0 (off) or more, got {self.formulas}")
+        if self.beam < 1:
+            raise DissectError(f"--beam must be at least 1, got {self.beam}")
+        if self.formulas and self.distributed:
+            raise DissectError(
+                "--formulas does not work with --distributed (torchrun) yet: the formula "
+                "search needs every image's unit masks in one process; run without "
+                "--distributed, or without --formulas"
+            )
 
     def replace(self, **changes: Any) -> DissectSettings:
         """A copy with ``changes``, validated again."""
@@ -156,7 +173,8 @@ class DissectSettings(BaseModel):
     def key_parts(self, given: np.ndarray | None) -> dict[str, Any]:
         """What of these settings determines a layer's counts, for its cache key: the
         threshold rule (or the given thresholds' digest), the top images kept, and
-        ``amp`` when on (so that keys made before it existed still hold)."""
+        ``amp`` and the formula search (length, beam) when on (so that keys made before
+        they existed still hold)."""
         if given is None:
             thr: Any = {"quantile": self.quantile, "method": self.quantile_method}
         else:
@@ -165,4 +183,10 @@ class DissectSettings(BaseModel):
         parts: dict[str, Any] = {"thresholds": thr, "top_images": self.top_images}
         if self.amp:
             parts["amp"] = True
+        if self.formulas:  # only when on, so that the keys of results without still hold
+            parts["formulas"] = {"length": self.formulas, "beam": self.beam}
         return parts
+
+    def formula_settings(self) -> dict[str, int]:
+        """``formulas`` and ``beam`` for ``summary.json``'s settings; nothing when off."""
+        return {"formulas": self.formulas, "beam": self.beam} if self.formulas else {}

@@ -10,7 +10,7 @@ The document (keys in this order; keys a run does not use are left out)::
     settings     quantile, quantile_method, thresholds (given | computed), top_images, top_k,
                  batch_size, device, sources, distributed, normalize, input_size, layout,
                  prefix_tokens, workers, cache_activations, amp, transform, passes,
-                 unit_area, iou_threshold
+                 formulas, beam (when formulas are on), unit_area, iou_threshold
     store        path, fingerprint, images, dissected_images, image_size, label_size
     concepts     selection, fingerprint, count, categories
     model        spec, weights, fingerprint, input_size, normalize ([mean, std]), layout,
@@ -76,6 +76,8 @@ class RunSettings(_Record):
     amp: bool = False
     transform: str | None = None
     passes: int | None = None
+    formulas: int = 0  # maximum formula length of the compositional explanations (0: off)
+    beam: int = 5  # their beam width
     unit_area: str
     iou_threshold: float
 

@@ -36,6 +36,7 @@ the counts are identical for any batch size, image order or device (CPU, CUDA).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,7 +158,7 @@ class BatchLabels:
     ``image``: (B, Ki) int32 whole-image ids (0 = padding); ``counts``: (B, C + 1) int64
     pixels per global id and image (L² per whole-image label); ``present``: (B, ncat)
     the image has a label of primary category k; ``image_category``: (B, ncat) it has a
-    whole-image label of primary category k.
+    whole-image label of primary category k; ``atoms``: see the field.
     """
 
     pixel: torch.Tensor
@@ -165,6 +166,9 @@ class BatchLabels:
     counts: torch.Tensor
     present: torch.Tensor
     image_category: torch.Tensor
+    #: with formulas on: (B·L·L,) int64, each pixel's atom of the concept masks
+    #: (:mod:`broden.dissect.explain.collect`), pixel-major like ``pixel``
+    atoms: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -213,6 +217,9 @@ class Tally:
         self.images = 0
         self._geometry: dict[tuple[int, int, torch.dtype], tuple[AxisBands, AxisBands]] = {}
         self._offset_cache: dict[tuple[int, int], torch.Tensor] = {}
+        #: off by default; when set (formulas), called with the unit and the atom
+        #: (``BatchLabels.atoms``) of every active pixel, in chunks; the counts are unchanged
+        self.sink: Callable[[torch.Tensor, torch.Tensor], None] | None = None
 
     def _bands(self, h: int, w: int, dtype: torch.dtype) -> tuple[AxisBands, AxisBands]:
         key = (h, w, dtype)
@@ -295,7 +302,10 @@ class Tally:
             pc = p[cell]
             area += torch.bincount(pc, minlength=npairs)
             pix = offsets[cpos[cell] * RR + hit % RR]
-            lab = labels.pixel.index_select(0, pb[pc] * (L * L) + pix).long()  # (m, Kp)
+            where = pb[pc] * (L * L) + pix
+            if self.sink is not None and labels.atoms is not None:
+                self.sink(pu[pc], labels.atoms.index_select(0, where))
+            lab = labels.pixel.index_select(0, where).long()  # (m, Kp)
             if lab.shape[1] == 0:
                 continue
             keys = pu[pc][:, None] * nc1 + t.column[lab]

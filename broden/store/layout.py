@@ -114,7 +114,7 @@ def _digest_parts(data: np.ndarray) -> tuple[bytes, memoryview | bytes]:
     if data.dtype.kind in "OUT":
         return b"", json.dumps([str(x) for x in data.ravel()]).encode()
     flat = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-    return f"{data.shape}{data.dtype.str}".encode(), memoryview(flat)
+    return f"{data.shape}{data.dtype.str}".encode(), memoryview(flat.data)
 
 
 def shard_digest(data: np.ndarray) -> str:

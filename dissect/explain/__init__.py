@@ -11,6 +11,9 @@ Standalone (numpy only; nothing of the dissection pipeline)::
 
 See :mod:`broden.dissect.explain.formulas` for the definitions (IoU, the search, the tie
 rule, the skipped extensions) and :mod:`broden.dissect.explain.masks` for the inputs.
+In a dissection (``DissectSettings(formulas=N, beam=B)``, ``broden dissect --formulas N``)
+:mod:`broden.dissect.explain.collect` (not imported here: it needs torch) collects the
+inputs from the tally's pass and writes ``formulas.json`` and ``formulas.csv``.
 """
 
 from __future__ import annotations

@@ -234,7 +234,23 @@ class ConceptMasks:
         glob = self.image_atoms[self.image_atom_ptr[unit.image] + local]
         hits = np.bincount(glob, minlength=self.n_atoms)
         atoms = np.flatnonzero(hits)
-        weight = hits[atoms].astype(np.int64)
+        return self.unit_atoms_from_counts(unit.unit, atoms, hits[atoms])
+
+    def unit_atoms_from_counts(self, unit: int, atoms: np.ndarray, weight: np.ndarray) -> UnitAtoms:
+        """A unit's :class:`UnitAtoms` from its pixel counts per atom: ``atoms`` (distinct
+        global atom ids, ascending) and ``weight[k]`` (> 0), the unit's active pixels on
+        atom ``atoms[k]``. For counts accumulated without keeping the pixels
+        (:mod:`broden.dissect.explain.collect`)."""
+        atoms = np.asarray(atoms, np.int64).ravel()
+        weight = np.asarray(weight, np.int64).ravel()
+        ordered = not len(atoms) or bool(
+            atoms[0] >= 0 and atoms[-1] < self.n_atoms and np.all(np.diff(atoms) > 0)
+        )
+        if atoms.shape != weight.shape or not ordered:
+            raise ValueError(
+                f"unit {unit}: {len(atoms)} atom ids for {len(weight)} counts; expected one "
+                f"count per distinct atom id, ascending, in 0..{self.n_atoms - 1}"
+            )
         which, pos = gather_rows(self.atom_ptr, atoms)
         concept = self.atom_concepts[pos]
         order = np.argsort(concept, kind="stable")
@@ -244,7 +260,7 @@ class ConceptMasks:
         np.cumsum(np.bincount(pair_concept, minlength=C), out=ptr[1:])
         pair_weight = weight[pair_local]
         return UnitAtoms(
-            unit=unit.unit,
+            unit=int(unit),
             atoms=atoms,
             weight=weight,
             pair_local=pair_local,
@@ -336,6 +352,16 @@ class ConceptMasksBuilder:
         self._rows.append(inverse.ravel().astype(self._dtype))
         self._image_atoms.append(glob)
         self._local_area.append(np.bincount(inverse.ravel(), minlength=len(sig)))
+
+    @property
+    def n_images(self) -> int:
+        """Images added so far."""
+        return len(self._rows)
+
+    def pixel_atoms(self, image: int) -> np.ndarray:
+        """The global atom id of every pixel (L², int64) of the ``image``-th image added;
+        ids never change as more images are added."""
+        return self._image_atoms[image][self._rows[image]]
 
     def finish(self) -> ConceptMasks:
         """The concept masks of the images added so far."""

@@ -21,7 +21,10 @@ strips are local files. Per layer it shows
   IoU with it) with each unit's top images: the ``top_k`` store images with the largest
   per-image maximum of the unit's activation (``topk.npz``, best first), dimmed to 20 %
   outside the unit's mask with its border outlined, and the same images with the
-  pixels of the unit's concept instead (on hover, or for every row with a switch).
+  pixels of the unit's concept instead (on hover, or for every row with a switch);
+* with ``--formulas``, under each unit's label its best formula (``formulas.json``) and
+  its plain IoU; hovering the formula shows the same images with the formula's pixels
+  (each leaf's pixels as for the concept, combined by the formula's operators).
 
 Masks: a results folder is data, and the report runs nothing it names. Each layer's
 ``topmaps.npy`` (written by ``broden dissect``: the maps of every unit's ``top_k`` best

@@ -22,6 +22,8 @@ UNIT_OUTLINE = (255, 221, 0)
 
 
 CONCEPT_OUTLINE = (0, 229, 255)
+#: the outline of a unit's formula's mask (``--formulas``): magenta
+FORMULA_OUTLINE = (255, 64, 255)
 
 
 GAP = 3  # pixels between the tiles of a strip
@@ -130,6 +132,25 @@ def concept_mask(
     # nearest neighbour with half-pixel centres
     idx = np.minimum(((np.arange(size) + 0.5) * L / size).astype(np.int64), L - 1)
     return m[idx][:, idx], False
+
+
+def formula_image_mask(
+    pixel: Mapping[str, np.ndarray],
+    image: Mapping[str, np.ndarray],
+    formula: Any,
+    ids: Mapping[str, int],
+    size: int,
+) -> np.ndarray:
+    """The pixels of a formula (``formulas.json``'s form: a concept name or ``[op, F,
+    name]``) in one image's labels, at ``size``; ``ids``: concept name → id. A name not
+    in ``ids`` covers nothing."""
+    if isinstance(formula, str):
+        cid = ids.get(formula)
+        return concept_mask(pixel, image, cid, size)[0] if cid else np.zeros((size, size), bool)
+    op, inner, name = formula
+    f = formula_image_mask(pixel, image, inner, ids, size)
+    c = formula_image_mask(pixel, image, name, ids, size)
+    return {"or": f | c, "and": f & c, "and_not": f & ~c}[op]
 
 
 def strip(tiles: np.ndarray) -> Any:

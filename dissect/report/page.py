@@ -19,12 +19,14 @@ from broden.dissect.report.chart import BAR_ORDER, bar_chart, display_name, has_
 from broden.dissect.report.images import (
     CONCEPT_OUTLINE,
     DIM,
+    FORMULA_OUTLINE,
     GAP,
     UNIT_OUTLINE,
     TileCache,
     concept_mask,
     coverage,
     draw_masks,
+    formula_image_mask,
     strip,
     unit_masks,
 )
@@ -113,7 +115,11 @@ def _layer_context(
     t = layer.iou_threshold
     sources, source_ids = job.store.meta("source"), job.store.meta("source_id")
 
-    def render(chunk: list[UnitRow], tiles: list[np.ndarray], concepts: list[Any]) -> None:
+    ids = {name: cid for (name, _), cid in layer.concepts.items()}
+
+    def render(
+        chunk: list[UnitRow], tiles: list[np.ndarray], concepts: list[Any], formulas: list[Any]
+    ) -> None:
         """Draw and save the strips of a chunk of units."""
         cover = None
         if job.maps is not None:
@@ -125,6 +131,11 @@ def _layer_context(
             ucover = None if cover is None else cover[j]
             drawn = draw_masks(tiles[j], ucover, UNIT_OUTLINE, None, width)
             strip(drawn).save(f"{base}.jpg", quality=_JPEG_QUALITY)
+            if formulas[j] is not None:
+                drawn = draw_masks(
+                    tiles[j], coverage(formulas[j], tile), FORMULA_OUTLINE, None, width
+                )
+                strip(drawn).save(f"{base}-formula.jpg", quality=_JPEG_QUALITY)
             if concepts[j] is not None:
                 masks, frame = concepts[j]
                 ccover = coverage(masks, tile)
@@ -139,6 +150,7 @@ def _layer_context(
         chunk = layer.units[a : a + _CHUNK_UNITS]
         tiles: list[np.ndarray] = []
         concepts: list[tuple[np.ndarray, np.ndarray] | None] = []
+        formulas: list[np.ndarray | None] = []
         for r in chunk:
             shown = [int(i) for i in job.shown[r.unit]]
             tiles.append(np.stack([images.tile(i) for i in shown]))
@@ -148,6 +160,14 @@ def _layer_context(
             else:
                 cm = [concept_mask(*images.labels(i), cid, S) for i in shown]
                 concepts.append((np.stack([m for m, _ in cm]), np.array([w for _, w in cm])))
+            uf = layer.formulas.get(r.unit)
+            formulas.append(
+                None
+                if uf is None
+                else np.stack(
+                    [formula_image_mask(*images.labels(i), uf.formula, ids, S) for i in shown]
+                )
+            )
             base = f"unit-{r.unit:0{digits}d}"
             rows.append(
                 {
@@ -157,6 +177,9 @@ def _layer_context(
                     "category": r.category,
                     "color": colors.get(r.category, "#777777"),
                     "iou": r.iou,
+                    "formula": uf.text if uf else "",
+                    "formula_iou": uf.iou if uf else 0.0,
+                    "formula_strip": url(Path(f"{base}-formula.jpg")) if uf else None,
                     "detector": bool(r.label) and r.iou > t,
                     "images": shown,
                     "sources": [f"{i}: {sources[i]} {source_ids[i]}" for i in shown],
@@ -166,7 +189,7 @@ def _layer_context(
                     "height": tile,
                 }
             )
-        render(chunk, tiles, concepts)
+        render(chunk, tiles, concepts, formulas)
         bar.update(len(chunk))
     bar.close()
     none = CategoryDetectors(
@@ -199,6 +222,7 @@ def _layer_context(
         "rows": rows,
         "k": job.k,
         "masks": job.maps is not None,
+        "has_formulas": bool(layer.formulas),
         "notes": job.notes,
         "source": model.spec if isinstance(model, ModelRecord) else model.activations,
         "source_kind": "model" if is_model else "activations",
@@ -219,6 +243,9 @@ def _layer_context(
             "sources": ", ".join(settings.sources or []) or "all",
             "concepts": _concept_set(s.concepts),
             "amp": "on" if settings.amp else "off",
+            "formulas": f"length ≤ {settings.formulas}, beam {settings.beam} (plain IoU)"
+            if settings.formulas
+            else "off",
         },
     }
 
@@ -392,6 +419,8 @@ def write_report(
             "random_weights": any(c["random_weights"] for c in contexts),
             "outline_unit": _hex(UNIT_OUTLINE),
             "outline_concept": _hex(CONCEPT_OUTLINE),
+            "outline_formula": _hex(FORMULA_OUTLINE),
+            "formulas": any(c["has_formulas"] for c in contexts),
             "dim": f"{DIM:.0%}",
         }
     )

@@ -4,10 +4,11 @@ store it was dissected on, checked to be that store."""
 from __future__ import annotations
 
 import csv
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +27,16 @@ class UnitRow:
     iou: float
 
 
+@dataclass(frozen=True)
+class UnitFormula:
+    """A unit's best formula (``formulas.json``): readable ``text``, its plain ``iou``
+    and the ``formula`` as written (a concept name or ``[op, F, name]``)."""
+
+    text: str
+    iou: float
+    formula: Any
+
+
 @dataclass
 class LayerResults:
     """The files of one dissected layer that the report reads."""
@@ -38,6 +49,8 @@ class LayerResults:
     thresholds: np.ndarray
     top_indices: np.ndarray  # units × K store indices, best first
     top_values: np.ndarray
+    #: with formulas (``formulas.json``): each unit's best formula
+    formulas: dict[int, UnitFormula] = field(default_factory=dict)
 
     @property
     def iou_threshold(self) -> float:
@@ -96,7 +109,32 @@ def read_layer(directory: Path) -> LayerResults:
         thresholds,
         top_indices,
         top_values,
+        read_formulas_text(directory),
     )
+
+
+def read_formulas_text(directory: Path) -> dict[int, UnitFormula]:
+    """``formulas.json`` by unit; empty when the layer has none.
+    Read as data (names are only shown, escaped); a file that does not read is a
+    :class:`DissectError` naming it."""
+    from broden.dissect.explain.formulas import formula_to_text
+
+    path = directory / "formulas.json"
+    if not path.is_file():
+        return {}
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        return {
+            int(r["unit"]): UnitFormula(
+                formula_to_text(r["formula"]), float(r["iou"]), r["formula"]
+            )
+            for r in rows
+        }
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+        raise DissectError(
+            f"{directory}: cannot read formulas.json ({type(e).__name__}: {e}); re-run "
+            "`broden dissect --formulas N` for this layer"
+        ) from None
 
 
 def open_layer_store(path: str | os.PathLike[str], layer: LayerResults, given: bool) -> BrodenStore:
