@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/codecs.py
 	$(BIN)/python bench/dissect.py
+	$(BIN)/python bench/explain.py
 
 clean:
 	rm -rf broden-sample.zarr broden-sample.zarr.build demo-out .pytest_cache build

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.results_file import Run, md_table
+from bench.results_file import RESULTS, Run, md_table, write_section
 from broden.dissect.explain import (
     ConceptMasks,
     FormulaSearch,
@@ -305,13 +305,20 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="part (1): best of this many")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a smoke run (under a minute)")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="the results file to write")
+    ap.add_argument("--work", type=Path, default=None, help="unused (the data are in memory)")
     args = ap.parse_args()
     if args.quick:
         args.images, args.subset, args.subset_units, args.repeat = 200, 8, 2, 1
     run = Run()
-    print(part1(args.seed, args.subset, args.subset_units, args.repeat) + "\n", flush=True)
-    print(part2(args.seed, args.images, args.units) + "\n", flush=True)
-    print(run.preamble(), flush=True)
+    one = part1(args.seed, args.subset, args.subset_units, args.repeat)
+    print(one + "\n", flush=True)
+    two = part2(args.seed, args.images, args.units)
+    print(two + "\n", flush=True)
+    body = "\n\n".join(
+        ["## Compositional explanations (`bench/explain.py`)", run.preamble(), one, two]
+    )
+    print("wrote", write_section("explain", body, args.results))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ SCRIPTS = {
     "store": "| store, shard-aligned blocks ",
     "codecs": "| zstd level 1 (the store's images) ",
     "dissect": "| `broden.dissect.tally.Tally` ",
+    "explain": "| `FormulaSearch`",
+    "gpu": "| (a) bare forward pass ",
 }
 
 
@@ -35,7 +37,7 @@ def test_a_benchmark_writes_its_section_with_a_table(
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     row = SCRIPTS[name]
