@@ -7,6 +7,9 @@ Model specs (``--model``):
     for torchvision's pretrained weights, e.g. ``torchvision:resnet18:IMAGENET1K_V1``;
     downloaded by torchvision). torchvision is an optional dependency; without it,
     ``dissect.zoo:resnet18`` with ``--weights`` loads torchvision's resnet18 weights.
+``timm:NAME[:pretrained]``, ``hf:MODEL_ID_OR_DIR``, ``open_clip:ARCH[:TAG_OR_FILE]``
+    a model of those libraries, loaded their way, with the preprocessing its config
+    states (:mod:`broden.dissect.families`; optional extras).
 ``dissect.zoo:NAME``
     the built-in model zoo, :mod:`broden.dissect.zoo` (``dissect.zoo`` is the short name of
     that module in a spec; ``broden.dissect.zoo:NAME`` is the same model).
@@ -47,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from broden.dissect.errors import DissectError
+from broden.dissect.families import ModelPreprocessing, family_of, load_family
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,9 +64,10 @@ class LoadedModel:
     spec: str
     weights: str | None
     fingerprint: str  # digest of the architecture spec and every parameter and buffer
-    input_size: int | None = None  # size the model was exported for
+    input_size: int | None = None  # its own input size (exported for, or from its config)
     batch_size: int | None = None  # fixed batch size of an exported model
     prefix_tokens: int | None = None  # class/distillation/register tokens, from its config
+    preprocessing: ModelPreprocessing | None = None  # what a timm/hf/open_clip config says
 
 
 @dataclass(frozen=True)
@@ -278,11 +283,16 @@ def load_weights(module: nn.Module, path: str | os.PathLike[str]) -> None:
         ) from None
 
 
-def load_model(spec: str | nn.Module, weights: str | os.PathLike[str] | None = None) -> LoadedModel:
+def load_model(
+    spec: str | nn.Module,
+    weights: str | os.PathLike[str] | None = None,
+    revision: str | None = None,
+) -> LoadedModel:
     """Build or load the model named by ``spec`` (see the module docstring), load
-    ``weights`` into it, and put it in eval mode."""
+    ``weights`` into it, and put it in eval mode. ``revision``: of an ``hf:`` model."""
     input_size = batch = None
     file_hash = ""
+    prep = None
     if isinstance(spec, nn.Module):
         module, label = spec, f"module:{type(spec).__module__}.{type(spec).__qualname__}"
     else:
@@ -291,6 +301,9 @@ def load_model(spec: str | nn.Module, weights: str | os.PathLike[str] | None = N
         if spec.startswith("torchvision:"):
             _, name, *rest = spec.split(":")
             module = _torchvision(name, rest[0] if rest else None)
+        elif family_of(spec) is not None:
+            module, prep = load_family(spec, revision)
+            input_size = prep.input_size
         elif path.is_file():
             file_hash = file_digest(path)
             if path.suffix == ".pt2":
@@ -323,6 +336,7 @@ def load_model(spec: str | nn.Module, weights: str | os.PathLike[str] | None = N
         input_size,
         batch,
         model_prefix_tokens(module),
+        prep,
     )
 
 
