@@ -26,6 +26,10 @@ ALPHA_HELP = (
     "rotation (1); repeat for several (default 1.0)"
 )
 
+SIGNIFICANCE_HELP = (
+    "significance level of each unit's label: units.csv's significant is 1 where the "
+    "label's Benjamini-Hochberg adjusted p-value is at most this (0 < ALPHA < 1)"
+)
 
 DISTRIBUTED_HELP = (
     "this process is one rank of a torchrun launch (`torchrun --nproc-per-node N "
@@ -91,6 +95,9 @@ def dissect_command(
         str, typer.Option(help="IoU denominator's unit area: original, lite or plain")
     ] = "original",
     iou_threshold: Annotated[float, typer.Option(help="a detector has IoU above this")] = 0.04,
+    significance_alpha: Annotated[
+        float, typer.Option(metavar="ALPHA", help=SIGNIFICANCE_HELP)
+    ] = 0.05,
     batch_size: Annotated[int, typer.Option(help="images per batch")] = 32,
     workers: Annotated[int, typer.Option(help="data loader worker processes")] = 2,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
@@ -166,6 +173,7 @@ def dissect_command(
         quantile_method=quantile_method,
         unit_area=unit_area,
         iou_threshold=iou_threshold,
+        alpha=significance_alpha,
         top_k=top_k,
         batch_size=batch_size,
         workers=workers,

@@ -2,8 +2,10 @@
 batch's maps (finiteness, the per-unit top values that give the thresholds, the top
 images with the maps of the best ``top_k`` for the report, an in-memory copy when kept),
 pass 2 tallies them against the labels (with formulas on, also each unit's active pixels
-per atom of the concept masks: :mod:`broden.dissect.explain.collect`); under ``torchrun``
-the ranks' top values, counts, top images and their maps are merged."""
+per atom of the concept masks: :mod:`broden.dissect.explain.collect`), and both collect
+what the significance tests need (:mod:`broden.dissect.significance_collect`); under
+``torchrun`` the ranks' top values, counts, top images, their maps and the significance
+sums are merged."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from broden.dissect.errors import DissectError
 from broden.dissect.explain.collect import UnitAtomCounts
 from broden.dissect.results import LayerCounts
 from broden.dissect.settings import DissectSettings
+from broden.dissect.significance_collect import LayerSignificance
 from broden.dissect.tally import LabelTables, Tally, threshold_for_dtype
 from broden.dissect.thresholds import (
     StreamingTopK,
@@ -53,6 +56,14 @@ class LayerJob:
         self.thr_dev: torch.Tensor | None = None
         self.cache: torch.Tensor | None = None
         self.formula_counts: UnitAtomCounts | None = None
+        #: set by :meth:`broden.dissect.passes.Run.run_passes` (see :meth:`track`)
+        self.significance: LayerSignificance | None = None
+
+    def track(self, significance: LayerSignificance) -> None:
+        """Collect what the significance tests need during the passes."""
+        assert self.tally is not None
+        self.significance = significance
+        self.tally.pair_sink = significance.pairs
 
     def setup(
         self,
@@ -98,7 +109,10 @@ class LayerJob:
         """Pass 1: thresholds' top-k, top images, finiteness, optional in-memory copy."""
         self.check(maps, batch)
         assert self.top is not None
-        self.top.add(maps.amax(dim=(2, 3)), batch.indices(), maps)
+        maxima = maps.amax(dim=(2, 3))
+        self.top.add(maxima, batch.indices(), maps)
+        if self.significance is not None:
+            self.significance.observe(maxima, batch.indices())
         if self.quant is not None:
             self.quant.add(maps.transpose(0, 1).reshape(self.units, -1))
         if self.cache is not None:
@@ -128,6 +142,8 @@ class LayerJob:
             if self.top.maps is None:
                 self.top.maps = torch.zeros((self.units, 0, *self.shape), dtype=self.dtype)
             self.top.share_maps(local, ranks.sum_)
+        if self.significance is not None:
+            self.significance.merge(ranks)
 
     def top_maps(self) -> np.ndarray | None:
         """The maps of each unit's best ``top_k`` images (units, k, h, w), as the passes
@@ -137,20 +153,27 @@ class LayerJob:
             return None
         return self.top.maps.cpu().numpy()
 
-    def add(self, maps: torch.Tensor, labels: Any) -> None:
-        """Pass 2 (or 1, with given thresholds): the tally of a batch."""
+    def add(self, maps: torch.Tensor, labels: Any, indices: np.ndarray | None = None) -> None:
+        """Pass 2 (or 1, with given thresholds): the tally of a batch (of the store images
+        ``indices``, which the significance tests need)."""
         assert self.tally is not None and self.thresholds is not None
         if self.thr_dev is None or self.thr_dev.dtype != maps.dtype:
             self.thr_dev = threshold_for_dtype(self.thresholds, maps.dtype).to(maps.device)
         self.tally.add(maps, self.thr_dev, labels)
+        if self.significance is not None:
+            assert indices is not None, "the significance tests need the batch's indices"
+            self.significance.add(labels, indices)
 
     def counts(self, selection: ConceptSelection) -> LayerCounts:
         """Everything the passes found, for scoring and the files."""
         assert self.tally is not None and self.top is not None and self.thresholds is not None
+        counts = self.tally.counts(selection)
+        sig = self.significance
         return LayerCounts(
-            self.tally.counts(selection),
+            counts,
             self.thresholds,
             self.top.indices,
             self.top.values,
             self.shape,
+            None if sig is None else sig.p_values(counts["intersection"]),
         )

@@ -30,6 +30,7 @@ from broden.dissect.explain.formulas import Explanation
 from broden.dissect.layerjob import LayerJob
 from broden.dissect.results import DissectionResult, cache_key, read_cached, write_layer
 from broden.dissect.settings import DissectSettings
+from broden.dissect.significance_collect import PVALUES, LayerSignificance
 from broden.dissect.summary import SUMMARY, LayerSummary
 from broden.dissect.tally import LabelTables
 from broden.dissect.topimages import TOPMAPS
@@ -199,8 +200,14 @@ class Run:
             self.settings.legacy_csv,
             reused=True,
             write=self.ranks.is_main,
+            alpha=self.settings.alpha,
         )
         res.formulas = formulas
+        if cached.p_values is None:
+            res.notes.append(
+                f"{name}: the cached counts have no {PVALUES} (written before significance "
+                "tests existed): p_value and significant are left empty; --force computes them"
+            )
         res.notes.append(
             f"{name}: reused the counts cached in {directory} (same model, store, concepts "
             "and threshold settings; re-scored with this run's unit area and IoU threshold)"
@@ -226,6 +233,7 @@ class Run:
             self.settings.legacy_csv,
             reused=False,
             write=self.ranks.is_main,
+            alpha=self.settings.alpha,
         )
         res.summary.timings["scoring_s"] = round(time.perf_counter() - t0, 3)
         if formulas is not None:
@@ -272,13 +280,19 @@ class Run:
         t0 = time.perf_counter()
         bar = progress_bar(n, "thresholds" if need else "tally", self.progress)
         tally_now = [j for j in jobs if j.given is not None]
+        for j in jobs:  # the significance tests' inputs, collected in the same passes
+            j.track(
+                LayerSignificance(
+                    j.units, self.selection, self.tables, self.images, self.store.label_size
+                )
+            )
         with device_errors(self.device, self.batch_size), torch.inference_mode():
             for batch, maps in first(bool(tally_now)):
                 labels = self.labels(batch) if tally_now else None
                 for j in jobs:
                     j.observe(maps[j.name], batch)
                     if j.given is not None:
-                        j.add(maps[j.name], labels)
+                        j.add(maps[j.name], labels, batch.indices())
                 bar.update(len(batch))
             bar.close()
             if self.device.type == "cuda":
@@ -292,7 +306,7 @@ class Run:
                 for batch, maps in replay(need):
                     labels = self.labels(batch)
                     for j in need:
-                        j.add(maps[j.name], labels)
+                        j.add(maps[j.name], labels, batch.indices())
                     bar.update(len(batch))
                 bar.close()
                 self.timings["pass2_s"] = round(time.perf_counter() - t1, 3)

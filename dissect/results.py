@@ -4,13 +4,18 @@
 Files (DESIGN.md §5):
 
 ``units.csv``      unit (from 0), label, category, iou, then ``<category>_label``,
-                   ``<category>_iou`` per category
+                   ``<category>_iou`` per category, then ``p_value`` (the label's
+                   Benjamini-Hochberg adjusted p; empty: no label, not tested, or
+                   no ``pvalues.npy``) and ``significant`` (1: p_value ≤ alpha, else 0;
+                   empty without ``pvalues.npy``)
 ``concepts.csv``   id, name, category: the column order of the matrices (no id 0)
 ``iou.npy``        float64 units × concepts, for the chosen unit-area mode
 ``counts.npz``     ``intersection`` (units × concepts), ``concept_area``,
                    ``unit_area_original`` / ``_lite`` / ``_plain`` (units × categories),
                    ``categories``, ``concept_ids`` (all int64 / str; no pickles)
 ``thresholds.npy`` float64 per unit
+``pvalues.npy``    float64 units × concepts raw one-sided p-values (NaN: not tested;
+                   :mod:`broden.dissect.significance_collect`), written with the counts
 ``topk.npz``       ``indices`` (units × k store image indices, best first) and ``values``
                    (their per-image maximum activation), k = max(50, top_k)
 ``summary.json``   settings, fingerprints, cache key, detectors, timings
@@ -23,7 +28,11 @@ weights, layer, store fingerprint, concept subset, quantile settings or threshol
 input preparation, unit transform, k). It is deleted before a layer's files are
 rewritten and written last, so a directory whose summary holds the current key is
 complete. A run whose key matches reuses the counts and only re-scores them (IoU
-threshold, unit-area mode and the legacy CSV do not change counts).
+threshold, unit-area mode, the legacy CSV and ``alpha`` do not change counts). The raw
+p-values are saved beside the counts, so a reused layer's significance is computed again
+at this run's ``alpha`` for this run's labels; a cached layer written before
+``pvalues.npy`` existed is reused with ``p_value`` left empty and a note (``--force``
+computes it).
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,8 +52,11 @@ from broden.dissect.concepts import ConceptSelection
 from broden.dissect.errors import DissectError
 from broden.dissect.explain.formulas import Explanation
 from broden.dissect.scoring import Scores, detector_summary, iou_matrix, score
-from broden.dissect.summary import SUMMARY, LayerSummary
+from broden.dissect.summary import PVALUES, SUMMARY, LayerSummary
 from broden.removal import store_containing
+
+if TYPE_CHECKING:  # the significance core imports torch; this module must not
+    from broden.dissect.significance import LabelSignificance
 
 RESULTS_VERSION = 1
 COUNT_FILES = ("counts.npz", "thresholds.npy", "topk.npz")
@@ -114,6 +126,8 @@ class LayerCounts:
     top_indices: np.ndarray
     top_values: np.ndarray
     shape: tuple[int, int]  # the layer's h, w
+    #: units × concepts raw p-values (``pvalues.npy``); None: not available
+    p_values: np.ndarray | None = None
 
     @property
     def units(self) -> int:
@@ -140,6 +154,8 @@ class DissectionResult:
     notes: list[str] = field(default_factory=list)
     #: with formulas on: each unit's best formula (``formulas.json``), else None
     formulas: list[Explanation] | None = None
+    #: each unit's label's significance (``units.csv``); None without p-values
+    significance: LabelSignificance | None = None
 
     @property
     def units(self) -> int:
@@ -196,7 +212,18 @@ def read_cached(directory: Path, key: str) -> LayerCounts | None:
         thr = np.load(directory / "thresholds.npy", allow_pickle=False)
     except (OSError, ValueError, KeyError):
         return None
-    return LayerCounts(counts, thr, idx, val, summary.activation_shape)
+    p = _read_p_values(directory / PVALUES, counts["intersection"].shape)
+    return LayerCounts(counts, thr, idx, val, summary.activation_shape, p)
+
+
+def _read_p_values(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``pvalues.npy`` when it is there and of ``shape``; None otherwise (a layer cached
+    before significance tests existed, or a damaged file)."""
+    try:
+        p = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return p if p.shape == shape and p.dtype == np.float64 else None
 
 
 def _f(x: float) -> str:
@@ -214,9 +241,11 @@ def write_layer(
     legacy_csv: bool,
     reused: bool,
     write: bool = True,
+    alpha: float = 0.05,
 ) -> DissectionResult:
     """Score ``data`` and write every file of the layer (``write=False``: none, e.g. on
-    the ranks of a distributed run other than 0); return the result."""
+    the ranks of a distributed run other than 0); return the result. With p-values, a
+    unit's label is significant when its adjusted p ≤ ``alpha``."""
     if write:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / SUMMARY).unlink(missing_ok=True)  # invalid until rewritten last
@@ -225,6 +254,7 @@ def write_layer(
     concept_cats = [cats[k] for k in selection.concept_category]
     iou = iou_matrix(data.counts, selection.concept_category, mode)
     scores = score(iou, selection.concept_category, len(cats))
+    sig = None
     doc = {
         "layer": layer,
         **summary_extra,
@@ -232,10 +262,20 @@ def write_layer(
         "activation_shape": list(data.shape),
         "reused": reused,
     }
-    doc["settings"] = {**doc.get("settings", {}), "unit_area": mode, "iou_threshold": iou_threshold}
+    if data.p_values is not None:
+        from broden.dissect.significance import label_significance
+
+        sig = label_significance(data.p_values, scores.label, alpha=alpha)
+        doc["significant_detectors"] = int((sig.significant & (scores.iou > iou_threshold)).sum())
+    doc["settings"] = {
+        **doc.get("settings", {}),
+        "unit_area": mode,
+        "iou_threshold": iou_threshold,
+        "alpha": alpha,
+    }
     summary = LayerSummary.model_validate(doc)
     if write:
-        _write_files(directory, data, selection, iou, scores, mode, legacy_csv, reused, summary)
+        _write_files(directory, data, selection, iou, (scores, sig), mode, legacy_csv, summary)
     return DissectionResult(
         layer=layer,
         directory=directory,
@@ -249,6 +289,7 @@ def write_layer(
         top_values=data.top_values,
         summary=summary,
         reused=reused,
+        significance=sig,
     )
 
 
@@ -257,12 +298,13 @@ def _write_files(
     data: LayerCounts,
     selection: ConceptSelection,
     iou: np.ndarray,
-    scores: Scores,
+    scored: tuple[Scores, LabelSignificance | None],
     mode: str,
     legacy_csv: bool,
-    reused: bool,
     summary: LayerSummary,
 ) -> None:
+    scores, sig = scored
+    reused = summary.reused
     cats, names = selection.categories, selection.names
     concept_cats = [cats[k] for k in selection.concept_category]
     if not reused:
@@ -276,6 +318,10 @@ def _write_files(
             indices=data.top_indices.astype(np.int64),
             values=data.top_values.astype(np.float64),
         )
+        if data.p_values is None:
+            (directory / PVALUES).unlink(missing_ok=True)
+        else:
+            np.save(directory / PVALUES, np.asarray(data.p_values, np.float64))
     np.save(directory / "iou.npy", iou)
 
     with open(directory / "concepts.csv", "w", newline="") as f:
@@ -292,7 +338,7 @@ def _write_files(
         header = ["unit", "label", "category", "iou"]
         for cat in cats:
             header += [f"{cat}_label", f"{cat}_iou"]
-        w.writerow(header)
+        w.writerow([*header, "p_value", "significant"])
         for u in range(len(iou)):
             lab = int(scores.label[u])
             row = [
@@ -303,11 +349,22 @@ def _write_files(
             ]
             for k in range(len(cats)):
                 row += [name_of(int(scores.best[u, k])), _f(scores.best_iou[u, k])]
-            w.writerow(row)
+            w.writerow([*row, *_significance_cells(sig, u)])
 
     if legacy_csv:
         write_legacy_csv(directory / "tally.csv", data.counts, iou, scores, selection, mode)
     summary.write(directory)
+
+
+def _significance_cells(sig: LabelSignificance | None, u: int) -> list[str]:
+    """``p_value`` (``%.6g``) and ``significant`` (1/0) of unit ``u``: both empty without
+    p-values; p_value empty and significant 0 where the unit has no label or its label
+    was not tested (too few informative images)."""
+    if sig is None:
+        return ["", ""]
+    if not sig.tested[u]:
+        return ["", "0"]
+    return [f"{float(sig.p_value[u]):.6g}", str(int(sig.significant[u]))]
 
 
 def write_legacy_csv(

@@ -6,7 +6,8 @@ runs all take it. An option that does not fit (an unknown unit-area mode, a quan
 outside (0, 1), a malformed ``--normalize`` ...) is a :class:`DissectError` at
 construction, before any work. What of it determines the counts goes into the results
 cache key (:meth:`DissectSettings.key_parts`); the rest (IoU threshold, unit area, the
-legacy CSV, batch size, workers, device, progress) does not.
+legacy CSV, the significance level ``alpha``, batch size, workers, device, progress) does
+not.
 
 >>> s = DissectSettings(quantile=0.01, unit_area="lite", batch_size=16)    # doctest: +SKIP
 >>> dissect("broden.zarr", "dissect.zoo:resnet18", ["layer4"], s, out="out")  # doctest: +SKIP
@@ -69,6 +70,9 @@ class DissectSettings(BaseModel):
     quantile_method: str = Field("exact", description="exact (numpy.quantile) or ndl")
     unit_area: str = Field("original", description="IoU denominator: original, lite or plain")
     iou_threshold: float = Field(0.04, description="a detector has IoU above this")
+    alpha: float = Field(
+        0.05, description="significance level of each unit's label (Benjamini-Hochberg)"
+    )
     top_k: int = Field(10, description="top images per unit for the report")
     batch_size: int = Field(32, description="images per batch")
     workers: int = Field(2, description="data loader worker processes")
@@ -131,6 +135,10 @@ class DissectSettings(BaseModel):
             raise DissectError(f"unknown --unit-area {self.unit_area!r}; use one of {list(MODES)}")
         if not 0 <= self.iou_threshold < 1:
             raise DissectError(f"--iou-threshold must lie in [0, 1), got {self.iou_threshold}")
+        if not 0 < self.alpha < 1:
+            raise DissectError(
+                f"--significance-alpha must lie strictly between 0 and 1, got {self.alpha}"
+            )
         for name in ("top_k", "batch_size"):
             if getattr(self, name) < 1:
                 option = name.replace("_", "-")

@@ -10,14 +10,15 @@ The document (keys in this order; keys a run does not use are left out)::
     settings     quantile, quantile_method, thresholds (given | computed), top_images, top_k,
                  batch_size, device, sources, distributed, normalize, input_size, layout,
                  prefix_tokens, workers, cache_activations, amp, transform, passes,
-                 formulas, beam (when formulas are on), unit_area, iou_threshold
+                 formulas, beam (when formulas are on), unit_area, iou_threshold, alpha
     store        path, fingerprint, images, dissected_images, image_size, label_size
     concepts     selection, fingerprint, count, categories
     model        spec, weights, fingerprint, input_size, normalize ([mean, std]), layout,
                  prefix_tokens                                     (a model), or
                  activations, fingerprint, layout, prefix_tokens   (precomputed activations)
     timings      seconds per phase
-    units, detectors, unique_detectors {top_label, per_category},
+    units, detectors, significant_detectors (detectors whose label is significant at
+    alpha; left out when the layer has no p-values), unique_detectors {top_label, per_category},
     per_category {<category>: detectors, unique_top_label, units_over_threshold,
                   unique_per_category}, top_labels, activation_shape, reused
 """
@@ -37,6 +38,9 @@ SUMMARY = "summary.json"
 #: a layer's file of the maps of each unit's ``top_k`` best images: (units, k, h, w), the
 #: dtype of the dissected maps (float32 for a model), best first as in ``topk.npz``
 TOPMAPS = "topmaps.npy"
+#: a layer's raw p-values of the significance tests: units × concepts float64, NaN where
+#: not tested (:mod:`broden.dissect.significance_collect`)
+PVALUES = "pvalues.npy"
 
 
 #: larger is not a summary (read whole, so a tampered one must not fill the memory)
@@ -80,6 +84,7 @@ class RunSettings(_Record):
     beam: int = 5  # their beam width
     unit_area: str
     iou_threshold: float
+    alpha: float | None = None  # significance level of the labels (None: before it existed)
 
 
 class StoreRecord(_Record):
@@ -141,6 +146,7 @@ class Detectors(_Record):
 
     units: Count
     detectors: Count
+    significant_detectors: Count | None = None
     unique_detectors: UniqueDetectors
     per_category: dict[str, CategoryDetectors]
     top_labels: list[str]
@@ -158,6 +164,8 @@ class LayerSummary(_Record):
     timings: dict[str, float] = {}
     units: Count
     detectors: Count
+    #: detectors whose label is significant at ``settings.alpha`` (None: no p-values)
+    significant_detectors: Count | None = None
     unique_detectors: UniqueDetectors
     per_category: dict[str, CategoryDetectors]
     top_labels: list[str]

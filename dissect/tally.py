@@ -220,6 +220,10 @@ class Tally:
         #: off by default; when set (formulas), called with the unit and the atom
         #: (``BatchLabels.atoms``) of every active pixel, in chunks; the counts are unchanged
         self.sink: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+        #: when set (significance), called once per batch with the live pairs' image and
+        #: unit, their active pixels, and ``pair · (C + 1) + column + 1`` of every active
+        #: pixel's pixel labels (:mod:`broden.dissect.significance_collect`); counts unchanged
+        self.pair_sink: Callable[..., None] | None = None
 
     def _bands(self, h: int, w: int, dtype: torch.dtype) -> tuple[AxisBands, AxisBands]:
         key = (h, w, dtype)
@@ -284,6 +288,7 @@ class Tally:
         RR = rows.length * cols.length
         offsets = self._offsets(rows, cols)  # (nbh·nbw·RR,) pixel index of each cell entry
         step = max(1, _CHUNK_VALUES // RR)
+        pair_keys: list[torch.Tensor] = []
         for s in range(0, cells.numel(), step):
             c = cells[s : s + step]
             p = c // (nbh * nbw)
@@ -310,9 +315,14 @@ class Tally:
                 continue
             keys = pu[pc][:, None] * nc1 + t.column[lab]
             self.intersection += torch.bincount(keys.flatten(), minlength=U * nc1)
+            if self.pair_sink is not None:
+                pair_keys.append((pc[:, None] * nc1 + t.column[lab]).flatten())
             tkeys = pc[:, None] * (ncat + 1) + t.primary[lab]
             touched += torch.bincount(tkeys.flatten(), minlength=touched.numel())
 
+        if self.pair_sink is not None:
+            empty = torch.zeros(0, dtype=torch.int64, device=dev)
+            self.pair_sink(pb, pu, area, torch.cat(pair_keys) if pair_keys else empty)
         self.area["plain"].index_add_(0, pu, area[:, None].expand(-1, ncat))
         self.area["original"].index_add_(0, pu, area[:, None] * labels.present[pb])
         hits = touched.view(npairs, ncat + 1)[:, :ncat] > 0

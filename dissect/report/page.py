@@ -181,6 +181,8 @@ def _layer_context(
                     "formula_iou": uf.iou if uf else 0.0,
                     "formula_strip": url(Path(f"{base}-formula.jpg")) if uf else None,
                     "detector": bool(r.label) and r.iou > t,
+                    "not_significant": r.significant is False,
+                    "p_value": r.p_value,
                     "images": shown,
                     "sources": [f"{i}: {sources[i]} {source_ids[i]}" for i in shown],
                     "strip": url(Path(f"{base}.jpg")),
@@ -214,6 +216,8 @@ def _layer_context(
         "directory": layer.directory.name,
         "units": len(layer.units),
         "detectors": layer.detectors,
+        "significant": s.significant_detectors,
+        "alpha": f"{settings.alpha:g}" if settings.alpha is not None else "",
         "unique": layer.unique.get("top_label", 0),
         "unique_per_category": layer.unique.get("per_category", 0),
         "iou_threshold": f"{t:g}",
@@ -237,6 +241,11 @@ def _layer_context(
             "quantile method": settings.quantile_method,
             "unit area": settings.unit_area,
             "IoU threshold": f"{t:g}",
+            "significance level": (
+                f"α = {settings.alpha:g} (Benjamini-Hochberg per unit)"
+                if settings.alpha is not None and s.significant_detectors is not None
+                else "not computed"
+            ),
             "normalize": settings.normalize,
             "input size": settings.input_size,
             "transform": settings.transform,

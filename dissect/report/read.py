@@ -25,6 +25,21 @@ class UnitRow:
     label: str
     category: str
     iou: float
+    #: the label's adjusted p-value and whether it is significant (None: not in units.csv)
+    p_value: float | None = None
+    significant: bool | None = None
+
+
+def _unit_row(r: dict[str, str]) -> UnitRow:
+    p, sig = r.get("p_value") or "", r.get("significant") or ""
+    return UnitRow(
+        int(r["unit"]),
+        r["label"],
+        r["category"],
+        float(r["iou"]),
+        float(p) if p else None,
+        sig == "1" if sig else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -73,10 +88,7 @@ def read_layer(directory: Path) -> LayerResults:
     current = directory / "units.csv"
     try:
         with open(current, newline="") as f:
-            units = [
-                UnitRow(int(r["unit"]), r["label"], r["category"], float(r["iou"]))
-                for r in csv.DictReader(f)
-            ]
+            units = [_unit_row(r) for r in csv.DictReader(f)]
         current = directory / "concepts.csv"
         with open(current, newline="") as f:
             concepts = {(r["name"], r["category"]): int(r["id"]) for r in csv.DictReader(f)}
