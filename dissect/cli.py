@@ -102,8 +102,13 @@ def dissect_command(
     workers: Annotated[int, typer.Option(help="data loader worker processes")] = 2,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
     normalize: Annotated[
-        str, typer.Option(help="imagenet, none, or MEAN,MEAN,MEAN/STD,STD,STD in [0, 1] units")
-    ] = "imagenet",
+        str | None,
+        typer.Option(
+            help="a preset (imagenet, clip, inception, none) or MEAN,MEAN,MEAN/STD,STD,STD "
+            "in [0, 1] units (@255: in 0-255); default: the model's own (timm, hf, open_clip), "
+            "else imagenet"
+        ),
+    ] = None,
     input_size: Annotated[
         int | None, typer.Option(help="resize images to this size for the model")
     ] = None,

@@ -127,6 +127,17 @@ def parse_normalize(value: str) -> Normalization:
     return Normalization(value, mean, std)  # type: ignore[arg-type]
 
 
+def model_normalization(value: str | None, loaded: LoadedModel) -> Normalization:
+    """The normalisation to use: ``value`` (``--normalize``) when given, else the mean and
+    std the model's own config states (a timm, hf or open_clip model), else ImageNet's."""
+    if value is not None:
+        return parse_normalize(value)
+    prep = loaded.preprocessing
+    if prep is not None and prep.mean is not None and prep.std is not None:
+        return Normalization(f"from {prep.source}", prep.mean, prep.std)
+    return parse_normalize("imagenet")
+
+
 def preprocess(images: torch.Tensor, norm: Normalization, input_size: int | None) -> torch.Tensor:
     """(B, S, S, 3) uint8 → (B, 3, N, N) float32 normalised model input."""
     x = images.permute(0, 3, 1, 2).float().div_(255.0)

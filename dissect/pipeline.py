@@ -44,7 +44,7 @@ from broden.dissect.data import iterate, resolve_device
 from broden.dissect.distributed import LOCAL, Ranks
 from broden.dissect.errors import DissectError
 from broden.dissect.layerjob import LayerJob
-from broden.dissect.models import load_model, parse_normalize
+from broden.dissect.models import load_model, model_normalization
 from broden.dissect.passes import Batches, Run, device_errors
 from broden.dissect.results import DissectionResult, check_out, layer_dir
 from broden.dissect.runner import Forward, InputPrep, Maps, ModelRunner
@@ -155,13 +155,13 @@ def dissect(
     layers = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
     if not layers:
         raise DissectError("no layers to dissect; name at least one with --layer")
-    norm = parse_normalize(opts.normalize)
     st = _open(store)
     ranks, dev = _ranks(opts.distributed, opts.device)
     given = _resolve_thresholds(thresholds, layers)
     transforms = resolve_transforms(unit_transform, transform_key, layers)
     t0 = time.perf_counter()
     loaded = load_model(model, weights)
+    norm = model_normalization(opts.normalize, loaded)
     size = opts.input_size or loaded.input_size or st.image_size
     prefix = opts.prefix_tokens if opts.prefix_tokens is not None else loaded.prefix_tokens
     runner = ModelRunner(loaded, InputPrep(norm, size, opts.layout, prefix, opts.amp), dev)

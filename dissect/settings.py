@@ -77,8 +77,11 @@ class DissectSettings(BaseModel):
     batch_size: int = Field(32, description="images per batch")
     workers: int = Field(2, description="data loader worker processes")
     device: str = Field("auto", description="auto, cpu or cuda[:N]")
-    normalize: str = Field(
-        "imagenet", description="imagenet, none, or MEAN,MEAN,MEAN/STD,STD,STD in [0, 1] units"
+    normalize: str | None = Field(
+        None,
+        description="a preset (imagenet, clip, inception, none) or MEAN,MEAN,MEAN/STD,STD,STD "
+        "in [0, 1] units (@255: in 0-255); default: the model's own (timm, hf, open_clip), "
+        "else imagenet",
     )
     input_size: int | None = Field(None, description="resize images to this size for the model")
     cache_activations: str = Field(
@@ -153,7 +156,8 @@ class DissectSettings(BaseModel):
             raise DissectError(f"unknown --layout {self.layout!r}; use one of {list(LAYOUTS)}")
         if self.input_size is not None and self.input_size < 1:
             raise DissectError(f"--input-size must be at least 1, got {self.input_size}")
-        parse_normalize(self.normalize)
+        if self.normalize is not None:
+            parse_normalize(self.normalize)
         self._check_formulas()
         return self
 

@@ -110,3 +110,8 @@ def test_a_timm_model_dissected_at_its_own_input_size(tiny: TinyStore, tmp_path:
     assert res.summary.activation_shape == (4, 4) and res.units == 4
     assert res.summary.model.input_size == 64 and res.summary.model.prefix_tokens == 5
     assert res.summary.model.spec == "timm:vit_tiny_reg4"
+    assert res.summary.model.normalize == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # its config's
+    assert res.summary.settings.normalize == "from timm pretrained config"
+    given = S(workers=0, quantile=0.1, normalize="imagenet", progress=False)
+    over = dissect(tiny.path, "timm:vit_tiny_reg4", ["blocks.1"], given, out=tmp_path / "i")
+    assert over["blocks.1"].summary.model.normalize[0] == (0.485, 0.456, 0.406)
