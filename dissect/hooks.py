@@ -186,12 +186,20 @@ def to_unit_maps(
             f"--layout tokens: layer {layer!r} returns a 4-D tensor {tuple(x.shape)}, not "
             "tokens (B, T, D); use --layout auto, nchw or nhwc"
         )
+    given = tuple(x.shape)
     if x.ndim == 4:
         channels_last = layout == "nhwc" or (
             layout == "auto" and x.shape[1] == x.shape[2] and x.shape[2] != x.shape[3]
         )
         if channels_last:
             x = x.permute(0, 3, 1, 2)
+        if layout in ("nchw", "nhwc") and x.shape[2] != x.shape[3]:
+            _, units, h, w = x.shape
+            raise DissectError(
+                f"--layout {layout}: layer {layer!r} returns {given}, read as {units} units "
+                f"of {h}×{w}: not square, but the store's images are square, so a layer's "
+                "maps are; is the layout right? (--layout auto detects channels-last maps)"
+            )
     elif x.ndim == 3:
         B, T, D = x.shape
         if prefix_tokens is None:

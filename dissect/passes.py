@@ -236,6 +236,7 @@ class Run:
             alpha=self.settings.alpha,
         )
         res.summary.timings["scoring_s"] = round(time.perf_counter() - t0, 3)
+        res.notes.extend(shape_notes(res))
         if formulas is not None:
             res.formulas = formulas
             res.summary.timings["formulas_s"] = formulas_s
@@ -325,3 +326,16 @@ def save_top_maps(job: LayerJob) -> None:
         (job.directory / TOPMAPS).unlink(missing_ok=True)
     else:
         np.save(job.directory / TOPMAPS, maps, allow_pickle=False)
+
+
+def shape_notes(res: DissectionResult) -> list[str]:
+    """Warnings about a layer's map shape: a 1×1 (pooled) layer has one value per image,
+    so every active unit covers whole images and its IoU measures co-occurrence with
+    image-level labels, not localisation (with few concepts, nearly every unit passes)."""
+    if tuple(res.summary.activation_shape) != (1, 1):
+        return []
+    return [
+        f"warning: {res.layer} has 1×1 maps (a pooled or fully connected layer): each unit "
+        "is on or off for whole images, so its IoU measures co-occurrence with image-level "
+        "labels, not localisation; dissect a layer with a spatial map to find detectors"
+    ]

@@ -107,7 +107,10 @@ def test_channels_last_outputs_are_recognised():
     assert torch.equal(to_unit_maps(x, "swin"), x.permute(0, 3, 1, 2))
     y = torch.randn(2, 96, 7, 7)
     assert torch.equal(to_unit_maps(y, "conv"), y)
-    assert torch.equal(to_unit_maps(x, "forced", layout="nchw"), x)
+    with pytest.raises(DissectError, match="7 units of 7×96: not square"):
+        to_unit_maps(x, "forced", layout="nchw")  # a wrong layout, forced: refused
+    square = torch.randn(2, 7, 7, 7)
+    assert torch.equal(to_unit_maps(square, "forced", layout="nchw"), square)
     assert to_unit_maps(torch.randn(2, 10), "fc").shape == (2, 10, 1, 1)
 
 
@@ -318,3 +321,22 @@ def test_register_tokens_come_from_the_model_not_the_guess(tiny, tmp_path):
     assert res.summary.model.prefix_tokens == 17 and res.summary.settings.prefix_tokens == 17
     forced = dissect(tiny.path, model, ["out"], s.replace(prefix_tokens=2), out=tmp_path / "f")
     assert forced["out"].summary.activation_shape == (8, 8)  # --prefix-tokens overrides
+
+
+def test_a_forced_layout_that_gives_non_square_maps_is_refused():
+    stage = torch.zeros(2, 768, 7, 7)  # NCHW, forced to be read as NHWC
+    with pytest.raises(DissectError, match=r"--layout nhwc.*7 units of 768×7: not square"):
+        to_unit_maps(stage, "stage", "nhwc")
+    assert to_unit_maps(stage, "stage", "nchw").shape == (2, 768, 7, 7)
+    assert to_unit_maps(stage.permute(0, 2, 3, 1), "stage", "nhwc").shape == (2, 768, 7, 7)
+
+
+def test_a_pooled_layer_gets_a_warning(tiny, tmp_path):
+    acts = np.random.default_rng(0).normal(size=(tiny.n, 3, 1, 1)).astype(np.float32)
+    res = score_activations(tiny.path, acts, "pool", S(quantile=0.1, progress=False),
+                            out=tmp_path)  # fmt: skip
+    assert any(n.startswith("warning: pool has 1×1 maps") for n in res.notes)
+    acts = np.random.default_rng(0).normal(size=(tiny.n, 3, 2, 2)).astype(np.float32)
+    res = score_activations(tiny.path, acts, "conv", S(quantile=0.1, progress=False),
+                            out=tmp_path)  # fmt: skip
+    assert not any("1×1" in n for n in res.notes)
