@@ -148,17 +148,22 @@ def open_text(path: Path, encoding: str = "utf-8") -> io.StringIO:
     return io.StringIO(text, newline="")
 
 
+def sample_error(path: Path, error: OSError) -> SampleError:
+    """The :class:`SampleError` naming ``path`` for an :class:`OSError` reading it."""
+    if isinstance(error, FileNotFoundError):
+        return SampleError(f"{path}: file is missing")
+    if isinstance(error, RefusedFile):
+        return SampleError(f"{path}: {error.strerror}")
+    return SampleError(f"{path}: cannot read ({error.strerror})")
+
+
 def read_regular(path: Path) -> bytes:
     """:func:`file_bytes` with :class:`SampleError` naming the file for every problem
     (missing, unreadable, a FIFO or device, outside the roots): a sample's file."""
     try:
         return file_bytes(path)
-    except FileNotFoundError:
-        raise SampleError(f"{path}: file is missing") from None
-    except RefusedFile as e:
-        raise SampleError(f"{path}: {e.strerror}") from None
     except OSError as e:
-        raise SampleError(f"{path}: cannot read ({e.strerror})") from None
+        raise sample_error(path, e) from None
 
 
 def check_regular(path: Path) -> None:
@@ -167,11 +172,7 @@ def check_regular(path: Path) -> None:
     try:
         check_inside(path)
         st = os.stat(path)
-    except FileNotFoundError:
-        raise SampleError(f"{path}: file is missing") from None
-    except RefusedFile as e:
-        raise SampleError(f"{path}: {e.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise RefusedFile(path, f"{_kind(st.st_mode)}, not a file; not read")
     except OSError as e:
-        raise SampleError(f"{path}: cannot read ({e.strerror})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise SampleError(f"{path}: {_kind(st.st_mode)}, not a file; not read")
+        raise sample_error(path, e) from None
