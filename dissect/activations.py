@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from broden.dissect.errors import DissectError
-from broden.dissect.hooks import to_unit_maps
+from broden.dissect.hooks import Reading, read_unit_maps
 
 
 class ActivationRows:
@@ -32,6 +32,7 @@ class ActivationRows:
     ):
         self.acts, self.layer = acts, layer
         self.layout, self.prefix_tokens = layout, prefix_tokens
+        self.reading: Reading | None = None  # how the latest rows were read
         self.selected = selected
 
     def maps(self, indices: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -44,7 +45,10 @@ class ActivationRows:
         t = chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.array(chunk))
         if b - a != len(rows):
             t = t[torch.from_numpy(rows - a)]
-        return to_unit_maps(t.to(device), self.layer, self.layout, self.prefix_tokens)
+        maps, self.reading = read_unit_maps(
+            t.to(device), self.layer, self.layout, self.prefix_tokens
+        )
+        return maps
 
 
 def activation_fingerprint(acts: Any, path: Path | None) -> str:

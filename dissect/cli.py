@@ -45,12 +45,17 @@ def dissect_command(
     model: Annotated[
         str | None,
         typer.Option(
-            help="torchvision:NAME, package.module:factory (e.g. "
-            "dissect.zoo:resnet18), a TorchScript file or a torch.export .pt2 file"
+            help="timm:NAME[:pretrained], hf:MODEL_ID_OR_DIR, open_clip:ARCH[:TAG], "
+            "torchvision:NAME, package.module:factory (e.g. dissect.zoo:resnet18), a "
+            "TorchScript file or a torch.export .pt2 file"
         ),
     ] = None,
     weights: Annotated[
         Path | None, typer.Option(help="state dict to load (torch.load weights_only=True)")
+    ] = None,
+    revision: Annotated[
+        str | None,
+        typer.Option(help="the hub revision (branch, tag or commit) of an hf: model"),
     ] = None,
     layer: Annotated[
         list[str] | None,
@@ -127,7 +132,8 @@ def dissect_command(
         typer.Option(
             help="output layout: auto, nchw or nhwc (4-D outputs), tokens (3-D outputs are "
             "transformer tokens B×T×D; auto takes them for tokens only when T is a square "
-            "grid after at most 8 class/register tokens)"
+            "grid after at most 8 class/register tokens); per layer: LAYER=LAYOUT entries, "
+            "comma-separated, with an optional bare default (nhwc,blocks.3=tokens)"
         ),
     ] = "auto",
     prefix_tokens: Annotated[
@@ -205,6 +211,7 @@ def dissect_command(
         activations=activations,
         layers=layer or [],
         weights=weights,
+        revision=revision,
         thresholds=thresholds,
         rotate=rotate,
         alphas=alpha,
@@ -302,10 +309,11 @@ def report_command(
 def layers_command(
     model: Annotated[str, typer.Argument(help="a model spec, as broden dissect --model takes")],
     weights: Annotated[Path | None, typer.Option(help="its state dict")] = None,
+    revision: Annotated[str | None, typer.Option(help="the hub revision of an hf: model")] = None,
     input_size: Annotated[
         int | None, typer.Option(help="the dummy input's size (default: the model's, or 224)")
     ] = None,
-    normalize: Annotated[str, typer.Option(help="as broden dissect --normalize")] = "imagenet",
+    normalize: Annotated[str | None, typer.Option(help="as broden dissect --normalize")] = None,
     layout: Annotated[str, typer.Option(help="as broden dissect --layout")] = "auto",
     prefix_tokens: Annotated[
         int | None, typer.Option(help="as broden dissect --prefix-tokens")
@@ -319,6 +327,7 @@ def layers_command(
     infos = list_layers(
         model,
         weights,
+        revision=revision,
         input_size=input_size,
         normalize=normalize,
         layout=layout,

@@ -38,6 +38,7 @@ def run_dissection(
     activations: Any = None,
     layers: Sequence[str] = (),
     weights: str | os.PathLike[str] | None = None,
+    revision: str | None = None,
     thresholds: ThresholdSpec = None,
     rotate: int | None = None,
     alphas: Sequence[float] | None = None,
@@ -45,7 +46,8 @@ def run_dissection(
     """Dissect ``layers`` of ``model`` (:func:`~broden.dissect.dissect`) or the layer of
     ``activations`` (:func:`~broden.dissect.score_activations`; ``layers``: at most its
     name); with ``rotate`` (a seed), the rotation experiment at ``alphas`` (default 1.0)
-    as well. Conflicting requests are a :class:`DissectError` naming the options, and so
+    as well; ``weights`` and ``revision`` (of an ``hf:`` model) go with ``model``.
+    Conflicting requests are a :class:`DissectError` naming the options, and so
     is an ``out`` that is a file, a broden store or inside one
     (:func:`~broden.dissect.results.check_out`)."""
     check_out(out)
@@ -62,6 +64,8 @@ def run_dissection(
     if activations is not None:
         if model is not None:
             raise DissectError("give either --model or --activations, not both")
+        if weights is not None or revision is not None:
+            raise DissectError("--weights and --revision go with --model, not --activations")
         if len(layers) > 1:
             raise DissectError("--activations holds one layer; give at most one --layer")
         name = layers[0] if layers else None
@@ -80,8 +84,25 @@ def run_dissection(
         raise DissectError("name the layers to dissect with --layer (repeatable)")
     if rotate is not None:
         by_layer = run_rotations(
-            store, model, layers, rotate, todo, settings, out=out, weights=weights
+            store,
+            model,
+            layers,
+            rotate,
+            todo,
+            settings,
+            out=out,
+            weights=weights,
+            revision=revision,
         )
         return Dissection([r.unrotated for r in by_layer.values()], list(by_layer.values()))
-    got = dissect(store, model, layers, settings, out=out, weights=weights, thresholds=thresholds)
+    got = dissect(
+        store,
+        model,
+        layers,
+        settings,
+        out=out,
+        weights=weights,
+        revision=revision,
+        thresholds=thresholds,
+    )
     return Dissection(list(got.values()))

@@ -85,10 +85,16 @@ def _triple(value: Any) -> Triple | None:
     return (t[0], t[1], t[2]) if len(t) == 3 else None
 
 
+#: PIL's resampling filters by number, as image processors store them (``resample: 3``)
+PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
 def _side(value: Any) -> int | None:
-    """A square side from an int, (C, H, W), (H, W) or an HF size dict."""
+    """A square side from an int, (C, H, W), (H, W) or an HF size dict (or ``SizeDict``)."""
     if isinstance(value, int) and value > 0:
         return value
+    if value is not None and not isinstance(value, dict | list | tuple):
+        value = {k: getattr(value, k, None) for k in ("height", "shortest_edge", "width")}
     if isinstance(value, dict):
         for key in ("height", "shortest_edge", "width"):
             if isinstance(value.get(key), int):
@@ -157,9 +163,18 @@ def _hf(
         _side(size),
         _triple(getattr(proc, "image_mean", None)),
         _triple(getattr(proc, "image_std", None)),
-        None if resample is None else str(getattr(resample, "name", resample)).lower(),
+        _filter_name(resample),
         None if crop is None else bool(crop),
     )
+
+
+def _filter_name(resample: Any) -> str | None:
+    """An image processor's ``resample`` (a PIL filter number or enum) by name."""
+    if resample is None:
+        return None
+    if isinstance(resample, int) and not isinstance(resample, bool):
+        return PIL_FILTERS.get(int(resample), str(resample))
+    return str(getattr(resample, "name", resample)).lower()
 
 
 def _open_clip(open_clip: ModuleType, rest: str) -> tuple[nn.Module, ModelPreprocessing]:

@@ -20,6 +20,7 @@ from broden.dissect.data import StoreBatch
 from broden.dissect.distributed import Ranks
 from broden.dissect.errors import DissectError
 from broden.dissect.explain.collect import UnitAtomCounts
+from broden.dissect.hooks import Reading
 from broden.dissect.results import LayerCounts
 from broden.dissect.settings import DissectSettings
 from broden.dissect.significance_collect import LayerSignificance
@@ -58,6 +59,8 @@ class LayerJob:
         self.formula_counts: UnitAtomCounts | None = None
         #: set by :meth:`broden.dissect.passes.Run.run_passes` (see :meth:`track`)
         self.significance: LayerSignificance | None = None
+        #: how the layer's output was read (layout used, prefix tokens dropped), once known
+        self.reading: Reading | None = None
 
     def track(self, significance: LayerSignificance) -> None:
         """Collect what the significance tests need during the passes."""
@@ -88,11 +91,20 @@ class LayerJob:
             self.tally.sink = self.formula_counts.add
 
     def check(self, maps: torch.Tensor, batch: StoreBatch) -> None:
-        """:class:`DissectError` for maps of the wrong shape or with NaN/inf values."""
+        """:class:`DissectError` for maps of the wrong shape (another number of units or
+        another map size than the first batch's) or with NaN/inf values."""
         if maps.ndim != 4 or maps.shape[0] != len(batch) or maps.shape[1] != self.units:
             raise DissectError(
                 f"layer {self.name!r}: maps of shape {tuple(maps.shape)} for "
                 f"{batch.describe()}, expected ({len(batch)}, {self.units}, h, w)"
+            )
+        if tuple(maps.shape[2:]) != self.shape:
+            h, w = self.shape
+            raise DissectError(
+                f"layer {self.name!r}: maps of {maps.shape[2]}×{maps.shape[3]} for "
+                f"{batch.describe()}, but {h}×{w} for the first image; a layer's maps must "
+                "keep one size for every image (does the model's output size depend on the "
+                "batch or on the image?)"
             )
         if not bool(torch.isfinite(maps).all()):
             bad = (~torch.isfinite(maps)).flatten(2).any(2).any(0).nonzero().flatten().tolist()
@@ -117,6 +129,13 @@ class LayerJob:
             self.quant.add(maps.transpose(0, 1).reshape(self.units, -1))
         if self.cache is not None:
             self.cache[batch.start : batch.stop].copy_(maps, non_blocking=True)
+
+    def reading_settings(self) -> dict[str, Any]:
+        """``layout_used`` and ``prefix_tokens_used`` for ``summary.json``'s settings."""
+        r = self.reading
+        if r is None:
+            return {}
+        return {"layout_used": r.layout, "prefix_tokens_used": r.prefix_tokens}
 
     def finish_thresholds(self, settings: DissectSettings, ranks: Ranks) -> None:
         """Thresholds from every rank's top values (collective when distributed)."""

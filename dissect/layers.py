@@ -6,7 +6,8 @@ layout, the class/register tokens dropped), or why it cannot be dissected, so th
 
 The dummy batch holds two images (or an exported model's fixed batch size), so that an
 output whose first axis is not the batch (a sequence-first transformer layer) shows as
-such; the images are constant grey, normalised as ``--normalize`` says.
+such; the images are constant grey, normalised as ``--normalize`` says (default: as the
+dissection would, the model's own mean and std, else ImageNet's).
 
 >>> for info in list_layers("dissect.zoo:resnet18")[-3:]:         # doctest: +SKIP
 ...     print(info.name, info.shape, info.reading)
@@ -15,6 +16,7 @@ such; the images are constant grey, normalised as ``--normalize`` says.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,8 +24,8 @@ import torch
 from torch import nn
 
 from broden.dissect.errors import DissectError
-from broden.dissect.hooks import to_unit_maps
-from broden.dissect.models import autocast, load_model, parse_normalize, preprocess
+from broden.dissect.hooks import layout_for, read_unit_maps
+from broden.dissect.models import autocast, load_model, model_normalization, preprocess
 
 #: input size when neither the model nor the caller says
 DEFAULT_INPUT_SIZE = 224
@@ -52,7 +54,8 @@ class LayerInfo:
         if self.problem is not None:
             return f"not dissectable: {self.problem}"
         assert self.grid is not None
-        tokens = f", {self.prefix_tokens} prefix tokens dropped" if self.prefix_tokens else ""
+        n = self.prefix_tokens
+        tokens = f", {n} prefix token{'s' if n != 1 else ''} dropped" if n else ""
         pooled = "; one value per image: no localisation" if self.grid == (1, 1) else ""
         return f"{self.units} units × {self.grid[0]}×{self.grid[1]} ({self.layout}{tokens}){pooled}"
 
@@ -63,42 +66,41 @@ class LayerInfo:
         return d
 
 
-def _first_tensor(output: Any) -> Any:
-    return output[0] if isinstance(output, tuple | list) and output else output
+def _shape_of(output: Any) -> tuple[int, ...] | None:
+    """The shape of the tensor a module's output contributes by default, if any."""
+    if isinstance(output, tuple | list) and output:
+        output = output[0]
+    elif isinstance(output, Mapping):
+        output = output.get("last_hidden_state", next(iter(output.values()), None))
+    return tuple(output.shape) if isinstance(output, torch.Tensor) else None
 
 
 def read_output(
     name: str, module: nn.Module, output: Any, fed: int, layout: str, prefix: int | None
 ) -> LayerInfo:
-    """The :class:`LayerInfo` of ``module``'s ``output`` for a batch of ``fed`` images."""
-    raw = _first_tensor(output)
-    shape = tuple(raw.shape) if isinstance(raw, torch.Tensor) else None
+    """The :class:`LayerInfo` of ``module``'s ``output`` for a batch of ``fed`` images
+    (``layout``: as ``--layout`` takes it, for every layer or per layer)."""
+    shape = _shape_of(output)
     kind = type(module).__name__
     try:
-        maps = to_unit_maps(output, name, layout, prefix)
+        maps, reading = read_unit_maps(output, name, layout_for(layout, name), prefix)
     except DissectError as e:
         text = str(e).removeprefix(f"layer {name!r} ").removeprefix(f"layer {name!r}: ")
         return LayerInfo(name, kind, shape, problem=text)
     if maps.shape[0] != fed:
         why = f"its first axis is not the batch ({fed} images fed): sequence-first?"
         return LayerInfo(name, kind, shape, problem=why, batch_first=False)
-    assert shape is not None
-    h, w = int(maps.shape[2]), int(maps.shape[3])
-    if len(shape) == 3:
-        used, dropped = "tokens", shape[1] - h * w
-    elif len(shape) == 4 and shape[1] != maps.shape[1]:
-        used, dropped = "nhwc", None
-    else:
-        used, dropped = "nchw", None
-    return LayerInfo(name, kind, shape, int(maps.shape[1]), (h, w), used, dropped)
+    r = reading
+    return LayerInfo(name, kind, shape, r.units, r.grid, r.layout, r.prefix_tokens)
 
 
 def list_layers(
     model: str | nn.Module,
     weights: str | os.PathLike[str] | None = None,
     *,
+    revision: str | None = None,
     input_size: int | None = None,
-    normalize: str = "imagenet",
+    normalize: str | None = None,
     layout: str = "auto",
     prefix_tokens: int | None = None,
     device: str = "cpu",
@@ -106,11 +108,11 @@ def list_layers(
     """Every named module of ``model`` (a spec, as ``broden dissect --model`` takes, or a
     module) that ran in one dummy forward pass, in ``named_modules()`` order, with how the
     dissection would read its output (see :class:`LayerInfo`). ``input_size``: default the
-    model's own (an exported model's), else 224; ``layout`` and ``prefix_tokens`` as
-    ``broden dissect`` takes them."""
+    model's own (an exported model's or its config's), else 224; ``revision``, ``layout``
+    and ``prefix_tokens`` as ``broden dissect`` takes them."""
     if input_size is not None and input_size < 1:
         raise DissectError(f"--input-size must be at least 1, got {input_size}")
-    loaded = load_model(model, weights)
+    loaded = load_model(model, weights, revision)
     if prefix_tokens is None:
         prefix_tokens = loaded.prefix_tokens  # as the dissection takes it
     size = input_size or loaded.input_size or DEFAULT_INPUT_SIZE
@@ -128,7 +130,7 @@ def list_layers(
 
         handles.append(mod.register_forward_hook(hook))
     images = torch.full((fed, size, size, 3), 128, dtype=torch.uint8, device=dev)
-    x = preprocess(images, parse_normalize(normalize), None)
+    x = preprocess(images, model_normalization(normalize, loaded), None)
     try:
         with torch.inference_mode(), autocast(dev, False):
             module(x)

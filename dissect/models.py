@@ -29,9 +29,12 @@ a ``torch.export`` file (``.pt2``)
 prefix from DataParallel is stripped), strictly: missing or unexpected keys fail.
 
 Input: images (uint8 RGB) are scaled to [0, 1], resized when the model wants another
-size (bilinear, antialiased when shrinking), then normalised: ``imagenet`` (default;
-mean 0.485, 0.456, 0.406, std 0.229, 0.224, 0.225), ``none`` (left in [0, 1]), or
-explicit ``M,M,M/S,S,S`` in the same [0, 1] units.
+size (bilinear, antialiased when shrinking), then normalised: the model's own mean and
+std (a timm, hf or open_clip model), else ``imagenet`` (mean 0.485, 0.456, 0.406, std
+0.229, 0.224, 0.225); ``--normalize`` overrides with a preset (``clip``, ``inception``,
+``caffe`` with BGR channels, ``none``) or explicit ``M,M,M/S,S,S`` (:func:`parse_normalize`).
+A transformer whose patch size the model states must get an input size that is a
+multiple of it (:func:`check_patch_grid`).
 """
 
 from __future__ import annotations
@@ -68,13 +71,19 @@ class LoadedModel:
     batch_size: int | None = None  # fixed batch size of an exported model
     prefix_tokens: int | None = None  # class/distillation/register tokens, from its config
     preprocessing: ModelPreprocessing | None = None  # what a timm/hf/open_clip config says
+    patch_size: int | None = None  # a transformer's square patch side, where it says
 
 
 @dataclass(frozen=True)
 class Normalization:
+    """What the model sees: ``(x - mean) / std`` for pixel values ``x`` in [0, 1], its
+    input channels in ``channels`` order (``bgr``: Caffe models); ``mean`` and ``std`` are
+    in that order too."""
+
     name: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    channels: str = "rgb"
 
 
 #: ``--normalize`` presets: (mean, std) of the RGB channels in [0, 1] units
@@ -85,22 +94,35 @@ NORMALIZE_PRESETS: dict[str, tuple[tuple[float, float, float], tuple[float, floa
     # Inception, and most ViTs of timm and Hugging Face: [-1, 1]
     "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+    # Caffe's VGG and ResNet (BGR input in 0-255, minus the BGR mean, not divided): see
+    # CHANNEL_ORDER
+    "caffe": (
+        (103.939 / 255, 116.779 / 255, 123.68 / 255),
+        (1 / 255, 1 / 255, 1 / 255),
+    ),
 }
+#: presets whose model takes its input channels in another order than RGB
+CHANNEL_ORDER = {"caffe": "bgr"}
 #: the suffix of ``--normalize`` values given in 0-255 units
 UNITS_255 = "@255"
+#: the suffix of ``--normalize`` values for a model taking BGR input
+BGR = "+bgr"
 
 
 def parse_normalize(value: str) -> Normalization:
     """A preset (:data:`NORMALIZE_PRESETS`: ``imagenet``, ``clip``, ``inception``,
-    ``none``) or ``M,M,M/S,S,S`` in [0, 1] units (the model sees ``(x - M) / S`` for pixel
-    values ``x`` in [0, 1]); ``M,M,M/S,S,S@255`` gives them in 0-255 units (divided by
-    255). Means outside [0, 1] or standard deviations outside (0, 1] without ``@255`` are
-    refused: they are 0-255 values given as [0, 1] ones, which would dissect a model
-    seeing nearly constant inputs."""
+    ``caffe``, ``none``) or ``M,M,M/S,S,S`` in [0, 1] units (the model sees ``(x - M) / S``
+    for pixel values ``x`` in [0, 1]); ``M,M,M/S,S,S@255`` gives them in 0-255 units
+    (divided by 255). A ``+bgr`` suffix (and the ``caffe`` preset) feeds the channels in
+    BGR order, the means and deviations given in that order. Means outside [0, 1] or
+    standard deviations outside (0, 1] without ``@255`` are refused: they are 0-255 values
+    given as [0, 1] ones, which would dissect a model seeing nearly constant inputs."""
     v = value.strip().lower()
     if v in NORMALIZE_PRESETS:
         preset_mean, preset_std = NORMALIZE_PRESETS[v]
-        return Normalization(v, preset_mean, preset_std)
+        return Normalization(v, preset_mean, preset_std, CHANNEL_ORDER.get(v, "rgb"))
+    channels = "bgr" if v.endswith(BGR) else "rgb"
+    v = v.removesuffix(BGR)
     scale = 255.0 if v.endswith(UNITS_255) else 1.0
     body = v.removesuffix(UNITS_255)
     mean: tuple[float, ...] = ()
@@ -116,7 +138,8 @@ def parse_normalize(value: str) -> Normalization:
         raise DissectError(
             f"--normalize {value!r}: expected a preset ({', '.join(NORMALIZE_PRESETS)}) or "
             "MEAN,MEAN,MEAN/STD,STD,STD with three means and three positive standard "
-            f"deviations, in [0, 1] units (or in 0-255 units with {UNITS_255} at the end)"
+            f"deviations, in [0, 1] units (or in 0-255 units with {UNITS_255} at the end; "
+            f"{BGR} last for BGR input)"
         )
     if scale == 1.0 and (any(not 0 <= m <= 1 for m in mean) or any(s > 1 for s in std)):
         raise DissectError(
@@ -124,7 +147,7 @@ def parse_normalize(value: str) -> Normalization:
             f"[0, 1] units (the images are scaled to [0, 1] first); add {UNITS_255} to give "
             f"0-255 values (--normalize '{body}{UNITS_255}'), or divide them by 255"
         )
-    return Normalization(value, mean, std)  # type: ignore[arg-type]
+    return Normalization(value, mean, std, channels)  # type: ignore[arg-type]
 
 
 def model_normalization(value: str | None, loaded: LoadedModel) -> Normalization:
@@ -139,8 +162,11 @@ def model_normalization(value: str | None, loaded: LoadedModel) -> Normalization
 
 
 def preprocess(images: torch.Tensor, norm: Normalization, input_size: int | None) -> torch.Tensor:
-    """(B, S, S, 3) uint8 → (B, 3, N, N) float32 normalised model input."""
+    """(B, S, S, 3) uint8 RGB → (B, 3, N, N) float32 normalised model input (its
+    channels in ``norm.channels`` order)."""
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    if norm.channels == "bgr":
+        x = x.flip(1)
     if input_size is not None and input_size != x.shape[-1]:
         x = F.interpolate(
             x,
@@ -348,6 +374,7 @@ def load_model(
         batch,
         model_prefix_tokens(module),
         prep,
+        model_patch_size(module),
     )
 
 
@@ -364,3 +391,41 @@ def model_prefix_tokens(module: nn.Module) -> int | None:
     if isinstance(registers, int) and not isinstance(registers, bool) and registers >= 0:
         return 1 + registers
     return None
+
+
+def _square(value: Any) -> int | None:
+    """A patch side from an int or an (h, w) pair of equal ints."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, tuple | list) and len(value) == 2 and value[0] == value[1]:
+        return _square(value[0])
+    return None
+
+
+def model_patch_size(module: nn.Module) -> int | None:
+    """A vision transformer's patch side where the model says: its ``patch_size``
+    (torchvision, OpenCLIP), its ``patch_embed.patch_size`` (timm) or its config's
+    ``patch_size`` (Hugging Face); None otherwise (a CNN)."""
+    for owner in (module, getattr(module, "patch_embed", None), getattr(module, "config", None)):
+        side = _square(getattr(owner, "patch_size", None)) if owner is not None else None
+        if side is not None:
+            return side
+    return None
+
+
+def check_patch_grid(loaded: LoadedModel, input_size: int) -> None:
+    """:class:`DissectError` when the model's patch size does not divide ``input_size``:
+    the patch grid would then cover only the top-left ``g·p`` pixels of each image (the
+    rest cut off, or padded by the model), but its maps would be stretched over the whole
+    image, misplacing every unit by up to a patch. Broden's images are square, so the
+    grid is too; the fix is an input size that is a multiple of the patch."""
+    p = loaded.patch_size
+    if p is None or input_size % p == 0:
+        return
+    low, high = (input_size // p) * p, (input_size // p + 1) * p
+    lower = f"--input-size {low} or " if low else ""
+    raise DissectError(
+        f"--model {loaded.spec}: input size {input_size} is not a multiple of its patch size "
+        f"{p}, so its {input_size // p}×{input_size // p} patch grid would not cover the "
+        f"images it is compared with; use {lower}--input-size {high}"
+    )

@@ -188,6 +188,11 @@ class Run:
         extra["settings"].update(
             quantile_method=old.settings.quantile_method, thresholds=old.settings.thresholds
         )
+        if old.settings.layout_used is not None:  # how the cached layer's output was read
+            extra["settings"].update(
+                layout_used=old.settings.layout_used,
+                prefix_tokens_used=old.settings.prefix_tokens_used,
+            )
         extra["timings"] = dict(old.timings)
         res = write_layer(
             directory,
@@ -217,7 +222,7 @@ class Run:
     def write(
         self, job: LayerJob, source: dict[str, Any], settings: dict[str, Any]
     ) -> DissectionResult:
-        extra = self.header(job, source, job.key, settings)
+        extra = self.header(job, source, job.key, {**settings, **job.reading_settings()})
         t0 = time.perf_counter()
         if self.ranks.is_main:
             save_top_maps(job)

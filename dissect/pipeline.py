@@ -43,8 +43,9 @@ from broden.dissect.activations import ActivationRows, activation_fingerprint, o
 from broden.dissect.data import iterate, resolve_device
 from broden.dissect.distributed import LOCAL, Ranks
 from broden.dissect.errors import DissectError
+from broden.dissect.hooks import check_layout_layers, layout_for
 from broden.dissect.layerjob import LayerJob
-from broden.dissect.models import load_model, model_normalization
+from broden.dissect.models import check_patch_grid, load_model, model_normalization
 from broden.dissect.passes import Batches, Run, device_errors
 from broden.dissect.results import DissectionResult, check_out, layer_dir
 from broden.dissect.runner import Forward, InputPrep, Maps, ModelRunner
@@ -123,6 +124,7 @@ def dissect(
     *,
     out: str | os.PathLike[str],
     weights: str | os.PathLike[str] | None = None,
+    revision: str | None = None,
     thresholds: ThresholdSpec = None,
     unit_transform: UnitTransform | Mapping[str, UnitTransform] | None = None,
     transform_key: str | Mapping[str, str] | None = None,
@@ -132,7 +134,9 @@ def dissect(
 
     ``model`` is a spec (``dissect.zoo:resnet18``, ``torchvision:resnet18``, a
     TorchScript or .pt2 file; see :mod:`broden.dissect.models`) or an ``nn.Module``, with
-    ``weights`` (a state dict file). ``thresholds``: per-unit thresholds to use instead
+    ``weights`` (a state dict file); ``revision`` pins the hub revision of an ``hf:``
+    model. ``settings.layout`` may give each layer its own layout
+    (:func:`broden.dissect.hooks.parse_layouts`). ``thresholds``: per-unit thresholds to use instead
     of computing them (see :data:`ThresholdSpec`). ``unit_transform`` (one callable, or
     one per layer) maps each batch's (B, U, h, w) activations to the maps that are
     dissected (e.g. a channel rotation); it needs a ``transform_key`` naming it for the
@@ -160,19 +164,23 @@ def dissect(
     given = _resolve_thresholds(thresholds, layers)
     transforms = resolve_transforms(unit_transform, transform_key, layers)
     t0 = time.perf_counter()
-    loaded = load_model(model, weights)
+    loaded = load_model(model, weights, revision)
     norm = model_normalization(opts.normalize, loaded)
     size = opts.input_size or loaded.input_size or st.image_size
     prefix = opts.prefix_tokens if opts.prefix_tokens is not None else loaded.prefix_tokens
     runner = ModelRunner(loaded, InputPrep(norm, size, opts.layout, prefix, opts.amp), dev)
     runner.check_layers(layers)  # before any work
     t_load = time.perf_counter() - t0
+    check_layout_layers(opts.layout, layers)
+    check_patch_grid(loaded, size)
     source = {
         "spec": loaded.spec,
         "weights": loaded.weights,
+        **({"revision": revision} if revision is not None else {}),
         "fingerprint": loaded.fingerprint,
         "input_size": size,
         "normalize": [list(norm.mean), list(norm.std)],
+        **({"channels": norm.channels} if norm.channels != "rgb" else {}),
         "layout": opts.layout,
         "prefix_tokens": prefix,
     }
@@ -190,12 +198,13 @@ def dissect(
 
     results: dict[str, DissectionResult] = {}
     jobs: list[LayerJob] = []
+    sources = {la: {**source, "layout": layout_for(opts.layout, la)} for la in layers}
     for la in layers:
         tkey = transforms[la][1] if la in transforms else None
-        key = run.key(la, source, given.get(la), tkey)
+        key = run.key(la, sources[la], given.get(la), tkey)
         directory = layer_dir(run.out, la)
         s = {**recorded, "transform": tkey}
-        reused = None if opts.force else run.reuse(la, directory, key, source, s)
+        reused = None if opts.force else run.reuse(la, directory, key, sources[la], s)
         if reused is not None:
             results[la] = reused
         else:
@@ -206,7 +215,7 @@ def dissect(
         for j in jobs:
             tkey = transforms[j.name][1] if j.name in transforms else None
             results[j.name] = run.write(
-                j, source, {**recorded, "transform": tkey, "passes": run.passes}
+                j, sources[j.name], {**recorded, "transform": tkey, "passes": run.passes}
             )
     return {la: results[la] for la in layers}
 
@@ -233,6 +242,7 @@ def _dissect_model(
             pm = maps_of(torch.from_numpy(probe.images).to(dev), forward, names)
     for j in jobs:
         j.setup(pm[j.name], run.n_images, settings, run.tables, st.label_size)
+        j.reading = runner.readings.get(j.name)
     need = [j for j in jobs if j.given is None]
     need_bytes = sum(
         n_local * j.units * j.shape[0] * j.shape[1] * (4 if j.dtype == torch.float32 else 8)
@@ -325,10 +335,12 @@ def score_activations(
     ranks, dev = _ranks(opts.distributed, opts.device)
     given = _resolve_thresholds(thresholds, [name])
     transforms = resolve_transforms(unit_transform, transform_key, [name])
+    check_layout_layers(opts.layout, [name])
+    layout = layout_for(opts.layout, name)
     source = {
         "activations": str(path.resolve()) if path is not None else "array",
         "fingerprint": activation_fingerprint(acts, path),
-        "layout": opts.layout,
+        "layout": layout,
         "prefix_tokens": opts.prefix_tokens,
     }
     run = Run(st, opts, Path(out), dev, ranks)
@@ -353,9 +365,7 @@ def score_activations(
         return reused
     job = LayerJob(name, directory, key, given.get(name))
     transform = transforms[name][0] if name in transforms else None
-    rows = ActivationRows(
-        acts, name, opts.layout, opts.prefix_tokens, None if every else run.images
-    )
+    rows = ActivationRows(acts, name, layout, opts.prefix_tokens, None if every else run.images)
 
     def read(indices: np.ndarray) -> dict[str, torch.Tensor]:
         return {name: apply_transform(transform, rows.maps(indices, dev), name)}
@@ -368,6 +378,7 @@ def score_activations(
     with device_errors(dev, opts.batch_size), torch.inference_mode():
         probe = read(run.images[:1])
     job.setup(probe[name], run.n_images, opts, run.tables, st.label_size)
+    job.reading = rows.reading
     run.passes = 1 if job.given is not None else 2
     run.run_passes([job], batches, lambda todo: batches(True))
     run.timings["total_s"] = round(time.perf_counter() - t_start, 3)

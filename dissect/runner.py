@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from broden.dissect.errors import DissectError
-from broden.dissect.hooks import LayerCapture, to_unit_maps
+from broden.dissect.hooks import LayerCapture, Reading, layout_for, read_unit_maps
 from broden.dissect.models import LoadedModel, Normalization, autocast, load_model, preprocess
 from broden.dissect.summary import ModelRecord, RunSettings
 
@@ -44,7 +44,7 @@ class InputPrep:
 
     normalization: Normalization
     input_size: int | None = None  # None: the store's image size
-    layout: str = "auto"
+    layout: str = "auto"  # one layout, or per layer (broden.dissect.hooks.parse_layouts)
     prefix_tokens: int | None = None
     amp: bool = False
 
@@ -55,6 +55,8 @@ class ModelRunner:
     def __init__(self, loaded: LoadedModel, prep: InputPrep, device: torch.device):
         self.loaded, self.prep, self.device = loaded, prep, device
         self.module = loaded.module.to(device)
+        #: how each layer's output was read, in the latest batch (:class:`Reading`)
+        self.readings: dict[str, Reading] = {}
 
     @classmethod
     def load(
@@ -82,7 +84,8 @@ class ModelRunner:
         or a module) with ``weights``, given by the user, never the spec recorded in
         ``summary.json`` (a results folder is data: reading one never imports or runs
         what it names). The loaded model must have the recorded fingerprint; its input is
-        prepared as recorded (normalisation, input size, layout, prefix tokens, amp).
+        prepared as recorded (normalisation and channel order, input size, amp) and its
+        layer read as it was (the layout and prefix tokens used, where recorded).
         ``hint`` ends every error message (what the caller can do instead)."""
         try:
             loaded = load_model(model, weights)
@@ -99,11 +102,14 @@ class ModelRunner:
                 f"same model spec and weights as `broden dissect` was given{hint}"
             )
         mean, std = record.normalize
+        layout, prefix = record.layout, record.prefix_tokens
+        if settings.layout_used in ("nchw", "nhwc", "tokens"):  # read as it was read
+            layout, prefix = settings.layout_used, settings.prefix_tokens_used
         prep = InputPrep(
-            Normalization(settings.normalize or "recorded", mean, std),
+            Normalization(settings.normalize or "recorded", mean, std, record.channels),
             record.input_size,
-            record.layout,
-            record.prefix_tokens,
+            layout,
+            prefix,
             settings.amp,
         )
         return cls(loaded, prep, device)
@@ -144,7 +150,8 @@ class ModelRunner:
                     ) from None
                 maps = {}
                 for la in layers:
-                    m = to_unit_maps(outs[la], la, prep.layout, prep.prefix_tokens)
+                    layout = layout_for(prep.layout, la)
+                    m, self.readings[la] = read_unit_maps(outs[la], la, layout, prep.prefix_tokens)
                     check_batch(m, x.shape[0], la, outs[la])
                     maps[la] = m[:n]
                 return maps

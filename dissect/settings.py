@@ -89,7 +89,9 @@ class DissectSettings(BaseModel):
     )
     memory_budget: int = Field(2 * 1024**3, description="bytes for cached activations")
     layout: str = Field(
-        "auto", description="output layout: auto, nchw or nhwc (4-D), tokens (3-D B×T×D)"
+        "auto",
+        description="output layout: auto, nchw or nhwc (4-D), tokens (3-D B×T×D); or per "
+        "layer, LAYER=LAYOUT entries separated by commas with an optional bare default",
     )
     prefix_tokens: int | None = Field(
         None, description="class/register tokens before the patch grid"
@@ -128,7 +130,7 @@ class DissectSettings(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> DissectSettings:
-        from broden.dissect.hooks import LAYOUTS
+        from broden.dissect.hooks import parse_layouts
         from broden.dissect.models import parse_normalize
         from broden.dissect.scoring import MODES
         from broden.dissect.thresholds import validate_quantile
@@ -152,8 +154,7 @@ class DissectSettings(BaseModel):
             raise DissectError(
                 f"--cache-activations {self.cache_activations!r}: use auto, yes or no"
             )
-        if self.layout not in LAYOUTS:
-            raise DissectError(f"unknown --layout {self.layout!r}; use one of {list(LAYOUTS)}")
+        parse_layouts(self.layout)
         if self.input_size is not None and self.input_size < 1:
             raise DissectError(f"--input-size must be at least 1, got {self.input_size}")
         if self.normalize is not None:

@@ -9,12 +9,13 @@ The document (keys in this order; keys a run does not use are left out)::
     layer, cache_key
     settings     quantile, quantile_method, thresholds (given | computed), top_images, top_k,
                  batch_size, device, sources, distributed, normalize, input_size, layout,
-                 prefix_tokens, workers, cache_activations, amp, transform, passes,
+                 prefix_tokens (as asked), layout_used, prefix_tokens_used (as read),
+                 workers, cache_activations, amp, transform, passes,
                  formulas, beam (when formulas are on), unit_area, iou_threshold, alpha
     store        path, fingerprint, images, dissected_images, image_size, label_size
     concepts     selection, fingerprint, count, categories
-    model        spec, weights, fingerprint, input_size, normalize ([mean, std]), layout,
-                 prefix_tokens                                     (a model), or
+    model        spec, weights, revision, fingerprint, input_size, normalize ([mean, std]),
+                 channels (bgr only), layout, prefix_tokens        (a model), or
                  activations, fingerprint, layout, prefix_tokens   (precomputed activations)
     timings      seconds per phase
     units, detectors, significant_detectors (detectors whose label is significant at
@@ -75,6 +76,10 @@ class RunSettings(_Record):
     input_size: int | None = None
     layout: str = "auto"
     prefix_tokens: int | None = None
+    #: how the layer's output was read: nchw, nhwc, tokens or vector (None: before it was
+    #: recorded), and the class/register tokens dropped (tokens only)
+    layout_used: str | None = None
+    prefix_tokens_used: int | None = None
     workers: int = 0
     cache_activations: str | None = None
     amp: bool = False
@@ -112,9 +117,12 @@ class ModelRecord(_Record):
 
     spec: str
     weights: str | None = None
+    revision: str | None = None  # the hub revision of an hf: model
     fingerprint: str
     input_size: int | None = None
+    #: mean and std in [0, 1] units, in the order of the model's input channels
     normalize: tuple[tuple[float, float, float], tuple[float, float, float]]
+    channels: Literal["rgb", "bgr"] = "rgb"  # the order of the model's input channels
     layout: str = "auto"
     prefix_tokens: int | None = None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,11 +21,21 @@ from tests.dissect_helpers import TinyStore, random_labels_store
 STUBS = Path(__file__).resolve().parent / "stubs"
 
 
+def _forget_stubs() -> None:
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(str(STUBS)):
+            del sys.modules[name]
+
+
 @pytest.fixture(autouse=True)
-def stub_libraries(monkeypatch: pytest.MonkeyPatch) -> None:
+def stub_libraries(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The stand-ins instead of the real libraries (transformers may be installed: the
+    real one is tested in tests/test_hf_real.py), forgotten again afterwards."""
     monkeypatch.syspath_prepend(str(STUBS))
     for name in ("timm", "transformers", "open_clip", "vit"):
         monkeypatch.delitem(sys.modules, name, raising=False)
+    yield
+    _forget_stubs()
 
 
 @pytest.fixture(scope="module")

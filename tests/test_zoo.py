@@ -101,7 +101,7 @@ def test_vit_b_16_layers_read_as_the_14x14_patch_grid(vit):
         "tokens",
         1,
     )
-    assert "768 units × 14×14 (tokens, 1 prefix tokens dropped)" in block.reading
+    assert "768 units × 14×14 (tokens, 1 prefix token dropped)" in block.reading
     act = info["blocks.0.mlp.act"]
     assert (act.units, act.grid) == (3072, (14, 14))
     assert (info["patch_embed"].units, info["patch_embed"].grid) == (768, (14, 14))

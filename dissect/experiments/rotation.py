@@ -389,11 +389,12 @@ def run_rotations(
     *,
     out: str | os.PathLike[str],
     weights: str | os.PathLike[str] | None = None,
+    revision: str | None = None,
 ) -> dict[str, RotationResult]:
     """The rotation experiment for ``layers`` of ``model``: :func:`broden.dissect.dissect`
-    (with ``settings`` and ``weights``) unrotated into ``out`` and, for each alpha, with the
-    channels rotated by ``Q^alpha`` (Q = :func:`random_rotation` (U, seed) per layer of
-    width U) into :func:`rotation_dir` (out, seed, alpha). Each run is a complete
+    (with ``settings``, ``weights`` and ``revision``) unrotated into ``out`` and, for each
+    alpha, with the channels rotated by ``Q^alpha`` (Q = :func:`random_rotation` (U, seed)
+    per layer of width U) into :func:`rotation_dir` (out, seed, alpha). Each run is a complete
     dissection cached under its own key (the rotation's seed and alpha are in it), so a
     re-run reuses it. Thresholds are always computed: the rotated units are new units.
     Writes ``out/<layer>/rotation.csv`` and ``rotation.png``/``.svg`` per layer.
@@ -414,7 +415,7 @@ def run_rotations(
                 f"layer {la!r} would be written to {layer_dir(outp, la)}, the folder that holds "
                 "the rotated results; dissect it without --rotate"
             )
-    base = dissect(store, model, names, settings, out=outp, weights=weights)
+    base = dissect(store, model, names, settings, out=outp, weights=weights, revision=revision)
     rotated: dict[str, dict[float, DissectionResult]] = {la: {} for la in names}
     for a in todo:
         res = dissect(
@@ -424,6 +425,7 @@ def run_rotations(
             settings,
             out=rotation_dir(outp, seed, a),
             weights=weights,
+            revision=revision,
             unit_transform={la: ChannelRotation(seed=int(seed), alpha=a) for la in names},
             transform_key=rotation_key(seed, a),
         )

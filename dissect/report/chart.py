@@ -25,14 +25,15 @@ def display_name(name: str, category: str) -> str:
 
 def has_random_weights(spec: str | None, weights: str | None) -> bool:
     """True when a model spec is known to give random weights: the built-in zoo
-    (``dissect.zoo:*``) or ``torchvision:NAME`` without ``--weights`` (a
-    ``module:factory`` may load its own)."""
+    (``dissect.zoo:*``), ``torchvision:NAME``, ``timm:NAME`` or ``open_clip:ARCH``
+    without ``--weights`` (a ``module:factory`` may load its own; an ``hf:`` model loads
+    what was saved)."""
     if not spec or weights:
         return False
     if spec.startswith(("dissect.zoo:", "broden.dissect.zoo:")):
         return True
     parts = spec.split(":")
-    return parts[0] == "torchvision" and len(parts) == 2
+    return parts[0] in ("torchvision", "timm", "open_clip") and len(parts) == 2
 
 
 def detector_counts(layer: LayerResults, order: Sequence[str]) -> list[tuple[str, str, int]]:

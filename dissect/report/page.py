@@ -246,8 +246,9 @@ def _layer_context(
                 if settings.alpha is not None and s.significant_detectors is not None
                 else "not computed"
             ),
-            "normalize": settings.normalize,
+            "normalize": _normalization(settings.normalize, model),
             "input size": settings.input_size,
+            "read as": _reading(settings.layout_used, settings.prefix_tokens_used),
             "transform": settings.transform,
             "sources": ", ".join(settings.sources or []) or "all",
             "concepts": _concept_set(s.concepts),
@@ -257,6 +258,22 @@ def _layer_context(
             else "off",
         },
     }
+
+
+def _normalization(name: str | None, model: ModelRecord | ActivationsRecord) -> str | None:
+    """The normalisation's name and, for a model, the numbers used."""
+    if not isinstance(model, ModelRecord):
+        return name
+    mean, std = (", ".join(f"{v:.4g}" for v in t) for t in model.normalize)
+    order = " (BGR input)" if model.channels == "bgr" else ""
+    return f"{name or 'recorded'}: mean {mean}, std {std}{order}"
+
+
+def _reading(layout: str | None, prefix: int | None) -> str | None:
+    """How the layer's output was read (None: not recorded, results of an older broden)."""
+    if layout is None:
+        return None
+    return f"{layout}, {prefix} prefix tokens dropped" if prefix else layout
 
 
 def _older_results(
