@@ -15,8 +15,8 @@ import torch
 
 from broden.dissect import DissectError, dissect
 from broden.dissect.layers import list_layers
-from broden.dissect.report import write_report
 from broden.dissect.models import CHANNEL_ORDER, load_model, parse_normalize
+from broden.dissect.report import write_report
 from broden.dissect.runner import InputPrep, ModelRunner
 from broden.dissect.settings import DissectSettings as S
 from tests.dissect_helpers import TinyStore, random_labels_store
