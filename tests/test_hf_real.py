@@ -108,7 +108,7 @@ def test_a_saved_vit_dissected_with_the_recorded_preprocessing(
     assert summary["settings"]["normalize"] == "from the image processor of vit"
     page = write_report(tmp_path).read_text()  # the numbers used, and the reading, shown
     assert "from the image processor of vit: mean 0.1, 0.2, 0.3, std 0.4, 0.5, 0.6" in page
-    assert "tokens, 1 prefix tokens dropped" in page
+    assert "tokens, 1 prefix token dropped" in page
 
 
 def test_the_models_output_object_gives_its_last_hidden_state(vit_dir: Path) -> None:

@@ -273,7 +273,9 @@ def _reading(layout: str | None, prefix: int | None) -> str | None:
     """How the layer's output was read (None: not recorded, results of an older broden)."""
     if layout is None:
         return None
-    return f"{layout}, {prefix} prefix tokens dropped" if prefix else layout
+    if not prefix:
+        return layout
+    return f"{layout}, {prefix} prefix token{'s' if prefix != 1 else ''} dropped"
 
 
 def _older_results(
