@@ -130,6 +130,8 @@ class ModelRunner:
         fixed = self.loaded.batch_size
         prep = self.prep
 
+        layouts = {la: layout_for(prep.layout, la) for la in layers}  # once, not per batch
+
         with LayerCapture(self.module, layers) as cap:
 
             def run(images: torch.Tensor) -> Maps:
@@ -150,8 +152,9 @@ class ModelRunner:
                     ) from None
                 maps = {}
                 for la in layers:
-                    layout = layout_for(prep.layout, la)
-                    m, self.readings[la] = read_unit_maps(outs[la], la, layout, prep.prefix_tokens)
+                    m, self.readings[la] = read_unit_maps(
+                        outs[la], la, layouts[la], prep.prefix_tokens
+                    )
                     check_batch(m, x.shape[0], la, outs[la])
                     maps[la] = m[:n]
                 return maps
